@@ -1,0 +1,33 @@
+"""equiproj: approximate equivariance by projection-based regularisation.
+
+Every linear or convolutional layer splits orthogonally into an equivariant part ``P(W)`` (the
+group average, or Reynolds projection) and a non-equivariant rest ``W - P(W)``. Training adds
+``lambda_perp * ||W - P(W)|| + lambda_G * ||P(W)||`` (Berndt and Stuehmer, arXiv 2601.05028),
+computed exactly by :class:`LinearProjector` and friends.
+
+Examples
+--------
+>>> import torch
+>>> import equiproj
+>>> from equiproj.groups import cyclic
+>>> G = cyclic(4)
+>>> model = torch.nn.Sequential(equiproj.nn.RepLinear(G.regular(), 3 * G.regular()), torch.nn.ReLU(),
+...                             equiproj.nn.RepLinear(3 * G.regular(), G.trivial()))
+>>> reg = equiproj.ProjectionRegulariser(model, lambda_perp=1e-2)
+>>> penalty = reg()            # add to the task loss
+>>> rows = reg.report()        # per-layer defects, as data
+"""
+
+__version__ = "0.1.0"
+
+from . import actions, groups, metrics, nn, norms, projection
+from .projection import LinearProjector, Projector
+from .regularise import (LayerReport, LayerSpec, ProjectionRegulariser, constrain_, declare, declared_layers,
+                         format_report, project_, report, unconstrain_)
+
+__all__ = [
+    "groups", "actions", "projection", "norms", "nn", "metrics",
+    "LinearProjector", "Projector", "ProjectionRegulariser", "LayerReport", "LayerSpec",
+    "declare", "declared_layers", "project_", "constrain_", "unconstrain_", "report", "format_report",
+    "__version__",
+]

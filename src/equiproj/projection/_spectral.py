@@ -1,0 +1,77 @@
+"""The spectral route: isotypic blocks and Schur's lemma (private module).
+
+In the bases ``Q_out``, ``Q_in`` of the isotypic decompositions an equivariant map has zero
+blocks between different irreps, and every ``k x k`` block between copies of the same irrep
+``psi`` lies in the commutant ``End_G(psi)`` (1-, 2- or 4-dimensional for irreps of real,
+complex or quaternionic type). With an orthonormal basis ``E_j`` of the commutant
+(``<E_i, E_j>_F = k delta_ij``) the projection is
+
+    P(W) = Q_out [ sum_j <E_j, B>_F / k * E_j  on every block B ] Q_in^T,
+
+exact for continuous groups as long as the representations are band-limited.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..groups import Representation
+from ._base import PairProjector
+
+__all__ = ["SpectralPair"]
+
+_F64 = torch.float64
+
+
+class SpectralPair(PairProjector):
+    """Block mask plus commutant projection in the isotypic bases of one pair of field types."""
+
+    route = "spectral"
+
+    def __init__(self, t_out: Representation, t_in: Representation):
+        super().__init__(t_out, t_in)
+        iso_o, iso_i = t_out.isotypic(), t_in.isotypic()
+        self._Qo, self._Qi = iso_o.Q, iso_i.Q
+        self._id_o = bool(torch.equal(iso_o.Q, torch.eye(self.d_out, dtype=_F64)))
+        self._id_i = bool(torch.equal(iso_i.Q, torch.eye(self.d_in, dtype=_F64)))
+        self.blocks = []
+        dim = 0
+        for psi, mo, oo in zip(iso_o.irreps, iso_o.multiplicities, iso_o.offsets):
+            mi = iso_i.multiplicity(psi)
+            if mi == 0:
+                continue
+            oi = iso_i.offsets[iso_i.irreps.index(psi)]
+            E = psi.endomorphisms()
+            self.blocks.append((oo, mo, oi, mi, psi.dim, E))
+            dim += mo * mi * E.shape[0]
+        self.dim = dim
+
+    @classmethod
+    def cost(cls, t_out, t_in):
+        return 2.0 * (t_out.dim + t_in.dim) + 40.0
+
+    def project(self, X):
+        Xs = X
+        if not self._id_o:
+            Xs = torch.einsum("ba,...nbmd->...namd", self._t("Qo", self._Qo, X), Xs)
+        if not self._id_i:
+            Xs = torch.einsum("...nbmd,dc->...nbmc", Xs, self._t("Qi", self._Qi, X))
+        Y = torch.zeros_like(Xs)
+        for j, (oo, mo, oi, mi, k, E) in enumerate(self.blocks):
+            B = Xs[..., oo:oo + mo * k, :, oi:oi + mi * k]
+            B = B.reshape(*B.shape[:-3], mo, k, B.shape[-2], mi, k)  # (..., n, mo, k, n', mi, k)
+            if E.shape[0] == 1:  # real type: multiples of the identity
+                c = torch.diagonal(B, dim1=-4, dim2=-1).sum(-1) / k  # (..., n, mo, n', mi)
+                Bp = c[..., :, None, :, :, None] * self._t(("eye", k), lambda: torch.eye(k, dtype=_F64), X)[
+                    :, None, None, :]
+            else:
+                Et = self._t(("E", j), E, X)
+                c = torch.einsum("...apnbq,epq->...anbe", B, Et) / k
+                Bp = torch.einsum("...anbe,epq->...apnbq", c, Et)
+            Y[..., oo:oo + mo * k, :, oi:oi + mi * k] = Bp.reshape(*Bp.shape[:-6], Bp.shape[-6], mo * k,
+                                                                   Bp.shape[-3], mi * k)
+        if not self._id_o:
+            Y = torch.einsum("ab,...nbmd->...namd", self._t("Qo", self._Qo, X), Y)
+        if not self._id_i:
+            Y = torch.einsum("...nbmd,cd->...nbmc", Y, self._t("Qi", self._Qi, X))
+        return Y
