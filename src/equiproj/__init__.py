@@ -22,12 +22,14 @@ __version__ = "0.1.0"
 
 from . import actions, groups, metrics, nn, norms, projection
 from .projection import LinearProjector, Projector
-from .regularise import (LayerReport, LayerSpec, ProjectionRegulariser, constrain_, declare, declared_layers,
-                         format_report, project_, report, unconstrain_)
+from .actions import transform_feature_map
+from .regularise import (LayerReport, LayerSpec, ProjectionRegulariser, constrain_, declare, declare_model,
+                         declared_layers, format_report, project_, report, unconstrain_)
 
 __all__ = [
     "groups", "actions", "projection", "norms", "nn", "metrics",
     "LinearProjector", "Projector", "ProjectionRegulariser", "LayerReport", "LayerSpec",
-    "declare", "declared_layers", "project_", "constrain_", "unconstrain_", "report", "format_report",
+    "declare", "declare_model", "declared_layers", "project_", "constrain_", "unconstrain_", "report",
+    "format_report", "transform_feature_map",
     "__version__",
 ]

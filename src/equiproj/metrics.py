@@ -68,9 +68,10 @@ def equivariance_error(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
         Inputs.
     act_in, act_out : Representation or callable
         How an element acts on inputs and outputs: a representation acting on the last
-        dimension, or a function ``(g, x) -> g . x`` of a one-element batch ``g``.
+        dimension, or a function ``(g, x) -> g . x`` of a one-element batch ``g`` (for feature
+        maps: :class:`equiproj.actions.feature_map_action`).
     group : Group, optional
-        Needed when neither action is a representation.
+        Needed when neither action is a representation or carries a ``group`` attribute.
     elements : Tensor, optional
         The elements to test. Default: all elements of a finite group, else ``n_samples``
         Haar samples drawn with ``generator``.
@@ -88,7 +89,7 @@ def equivariance_error(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
     """
     if group is None:
         for a in (act_in, act_out):
-            if isinstance(a, Representation):
+            if isinstance(a, Representation) or isinstance(getattr(a, "group", None), Group):
                 group = a.group
                 break
     if group is None:

@@ -18,6 +18,10 @@ name                   value
                        rows (output units) first; ``'l21'`` is ``p=2, q=1``
 =====================  ===========================================================
 
+:class:`ConvOperatorNorm` is different: it sees the kernel ``(c_out, c_in, *k)`` itself and
+returns the exact operator norm of the convolution with circular padding on a given input
+size (the largest singular value over all spatial frequencies).
+
 Examples
 --------
 >>> import torch
@@ -38,14 +42,19 @@ import torch
 
 __all__ = [
     "Norm", "Frobenius", "FrobeniusSquared", "SpectralNorm", "NuclearNorm", "MaxNorm", "L1Norm",
-    "MixedNorm", "get_norm", "NORM_NAMES",
+    "MixedNorm", "ConvOperatorNorm", "get_norm", "NORM_NAMES",
 ]
 
 
 class Norm:
-    """Base class: ``norm(M)`` for ``M`` of shape ``(..., m, n)`` returns shape ``(...)``."""
+    """Base class: ``norm(M)`` for ``M`` of shape ``(..., m, n)`` returns shape ``(...)``.
+
+    A norm with ``kernel_norm = True`` receives weights in their own shape (e.g. convolution
+    kernels ``(c_out, c_in, *k)``) instead of the matrix view, and no bias.
+    """
 
     name = "norm"
+    kernel_norm = False
 
     def __call__(self, M: torch.Tensor) -> torch.Tensor:
         if M.ndim < 2:
@@ -166,6 +175,46 @@ class MixedNorm(Norm):
 
     def __repr__(self):
         return f"MixedNorm(p={_fmt(self.p)}, q={_fmt(self.q)})"
+
+
+class ConvOperatorNorm(Norm):
+    r"""Exact operator norm of a convolution with circular padding on inputs of ``input_size``.
+
+    With circular padding a convolution is block-circulant, so it is diagonalised by the
+    discrete Fourier transform over positions: its singular values are those of the
+    ``c_out x c_in`` matrices :math:`\hat K(\omega) = \sum_x K(x) e^{-2 \pi i \omega x / N}`,
+    and the operator norm is :math:`\max_\omega \sigma_1(\hat K(\omega))`. Differentiable
+    (complex SVD). Weights without spatial dimensions (``nn.Linear``) get the spectral norm.
+    Biases are not part of the linear operator and are not penalised by this norm.
+
+    Examples
+    --------
+    >>> import torch
+    >>> K = torch.zeros(1, 1, 3, 3); K[0, 0, 1, 1] = 2.0      # 2 x identity
+    >>> float(ConvOperatorNorm((8, 8))(K))
+    2.0
+    """
+
+    kernel_norm = True
+
+    def __init__(self, input_size):
+        self.input_size = tuple(int(n) for n in input_size)
+        self.name = f"conv_op{'x'.join(map(str, self.input_size))}"
+
+    def _norm(self, K):
+        d = len(self.input_size)
+        if K.ndim < 2 + d:  # a matrix: plain spectral norm
+            return torch.linalg.matrix_norm(K, ord=2)
+        ks = K.shape[-d:]
+        if any(k > n for k, n in zip(ks, self.input_size)):
+            raise ValueError(f"kernel size {tuple(ks)} exceeds the input size {self.input_size} of ConvOperatorNorm")
+        Kf = torch.fft.fftn(K, s=self.input_size, dim=tuple(range(-d, 0)))
+        Kf = Kf.movedim(-d - 2, -1).movedim(-d - 2, -1)  # (..., *N, c_out, c_in)
+        sv = torch.linalg.matrix_norm(Kf, ord=2)
+        return sv.flatten(-d).amax(-1)
+
+    def __repr__(self):
+        return f"ConvOperatorNorm(input_size={self.input_size})"
 
 
 def _fmt(x: float) -> str:

@@ -30,7 +30,7 @@ from .norms import Norm, SpectralNorm, get_norm
 from .projection import Projector
 
 __all__ = [
-    "LayerSpec", "declare", "declared_layers", "ProjectionRegulariser", "LayerReport", "project_",
+    "LayerSpec", "declare", "declare_model", "declared_layers", "ProjectionRegulariser", "LayerReport", "project_",
     "constrain_", "unconstrain_", "report", "format_report", "SPEC_ATTR",
 ]
 
@@ -51,6 +51,8 @@ class LayerSpec:
 
 
 def _action_for(module: nn.Module, in_rep: Representation, out_rep: Representation, name: str, **kw):
+    if not isinstance(in_rep, Representation) or not isinstance(out_rep, Representation):
+        raise TypeError(f"layer '{name}': in_rep and out_rep must be equiproj.groups.Representation objects")
     """Build the weight action for a supported module type, checking dimensions."""
     if isinstance(module, nn.Linear):
         if kw:
@@ -102,9 +104,92 @@ def declare(module: nn.Module, in_rep: Representation, out_rep: Representation, 
     ['0', '2']
     """
     label = name or type(module).__name__
+    kw = {k: v for k, v in kw.items() if v is not None}
     action = _action_for(module, in_rep, out_rep, label, **kw)
     setattr(module, SPEC_ATTR, LayerSpec(Projector(action, route=route), include_bias=include_bias))
     return module
+
+
+_SUPPORTED = (nn.Linear, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def _channels(m: nn.Module) -> Tuple[int, int]:
+    if isinstance(m, nn.Linear):
+        return m.in_features, m.out_features
+    return m.in_channels, m.out_channels
+
+
+def declare_model(model: nn.Module, group, in_rep: Optional[Representation] = None,
+                  out_rep: Optional[Representation] = None, hidden: Optional[Representation] = None,
+                  layers: Optional[dict] = None, skip=(), route: str = "auto", include_bias: bool = True,
+                  **kw) -> List[Tuple[str, Representation, Representation]]:
+    """Declare every ``Linear``, ``Conv{2,3}d`` and ``ConvTranspose{2,3}d`` of an existing model.
+
+    The model's input channels (those of its first such layer, in module order) carry
+    ``in_rep`` (default: ``c * trivial``), its output channels (those of its last layer) carry
+    ``out_rep`` (default: ``c * trivial``), and every other channel dimension carries copies of
+    the field type ``hidden`` (default: ``group.regular()``), so each hidden width must be a
+    multiple of ``hidden.dim`` (``|G|`` for regular fields). ``layers`` maps a layer name to its
+    own ``(in_rep, out_rep)``; layers named in ``skip`` are left undeclared. After
+    :func:`project_` such a model is exactly equivariant for groups that map the grid onto
+    itself, provided its nonlinearities, normalisations and poolings commute with the action
+    (pointwise functions and max pooling do on regular fields; per-channel normalisation does
+    not).
+
+    Returns the list of ``(name, in_rep, out_rep)`` that was declared.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from equiproj import declare_model, project_
+    >>> from equiproj.groups import cyclic
+    >>> model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 1, 3, padding=1))
+    >>> [(name, i.dim, o.dim) for name, i, o in declare_model(model, cyclic(4))]
+    [('0', 1, 8), ('2', 8, 1)]
+    """
+    layers = dict(layers or {})
+    candidates = [(name, m) for name, m in model.named_modules() if isinstance(m, _SUPPORTED) and name not in skip]
+    if not candidates:
+        raise ValueError("declare_model: the model has no nn.Linear or convolution layers")
+    unknown = set(layers) - {name for name, _ in candidates}
+    if unknown:
+        raise ValueError(f"declare_model: no supported layer named {sorted(unknown)} in the model")
+    if hidden is None:
+        if not group.is_finite:
+            raise ValueError(
+                f"{group.name} has no regular representation: pass hidden=<field type>, e.g. "
+                f"hidden=G.irrep(0) + G.irrep(1) + G.irrep(2) for SO(2)"
+            )
+        hidden = group.regular()
+    triv = group.trivial()
+    first, last = candidates[0][0], candidates[-1][0]
+
+    def hidden_rep(c: int, name: str, side: str) -> Representation:
+        if c % hidden.dim:
+            raise ValueError(
+                f"layer '{name}': {c} {side} channels are not a multiple of {hidden.dim}, the size of a "
+                f"{hidden.name} field of {group.name}; change the width or pass layers={{'{name}': (in_rep, out_rep)}}"
+            )
+        return (c // hidden.dim) * hidden
+
+    declared = []
+    for name, m in candidates:
+        c_in, c_out = _channels(m)
+        if name in layers:
+            r_in, r_out = layers[name]
+        else:
+            if name == first:
+                r_in = in_rep if in_rep is not None else c_in * triv
+            else:
+                r_in = hidden_rep(c_in, name, "input")
+            if name == last:
+                r_out = out_rep if out_rep is not None else c_out * triv
+            else:
+                r_out = hidden_rep(c_out, name, "output")
+        declare(m, r_in, r_out, route=route, include_bias=include_bias, name=name, **kw)
+        declared.append((name, r_in, r_out))
+    return declared
 
 
 def declared_layers(model: nn.Module) -> List[Tuple[str, nn.Module, LayerSpec]]:
@@ -126,9 +211,23 @@ def _bias(module: nn.Module, spec: LayerSpec) -> Optional[torch.Tensor]:
     return b if (spec.include_bias and isinstance(b, torch.Tensor)) else None
 
 
-def layer_parts(module: nn.Module, spec: LayerSpec) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Equivariant and non-equivariant parts of ``[W, b]`` as matrices ``(dim_out, dim_in' (+1))``."""
+def _augment(M: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``[M, b]`` (the affine map) when the bias lives on the rows of ``M``; otherwise (transposed
+    convolutions, whose bias lives on the columns' side) the block-diagonal ``[[M, 0], [0, b]]``."""
+    if b.shape[0] == M.shape[-2]:
+        return torch.cat([M, b[:, None]], dim=1)
+    top = torch.cat([M, M.new_zeros(M.shape[0], 1)], dim=1)
+    bottom = torch.cat([M.new_zeros(b.shape[0], M.shape[1]), b[:, None]], dim=1)
+    return torch.cat([top, bottom], dim=0)
+
+
+def layer_parts(module: nn.Module, spec: LayerSpec, kernel: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Equivariant and non-equivariant parts of the weight matrix with its bias (see
+    :func:`_augment`), as matrices; with ``kernel=True`` the weight in its own shape, no bias."""
     P = spec.projector
+    if kernel:
+        PW = P.project(_weight(module))
+        return PW, _weight(module) - PW
     W = _weight(module)
     M = P.as_matrix(W)
     PM = P._project_matrix(M)
@@ -136,7 +235,7 @@ def layer_parts(module: nn.Module, spec: LayerSpec) -> Tuple[torch.Tensor, torch
     if b is None:
         return PM, M - PM
     Pb = P.project_bias(b)
-    return torch.cat([PM, Pb[:, None]], dim=1), torch.cat([M - PM, (b - Pb)[:, None]], dim=1)
+    return _augment(PM, Pb), _augment(M - PM, b - Pb)
 
 
 @dataclass
@@ -170,7 +269,7 @@ def report(model: nn.Module, norm="fro") -> List[LayerReport]:
     rows = []
     with torch.no_grad():
         for name, m, spec in declared_layers(model):
-            Peq, Pperp = layer_parts(m, spec)
+            Peq, Pperp = layer_parts(m, spec, kernel=n.kernel_norm)
             full = Peq + Pperp
             wn, en, dn = float(n(full)), float(n(Peq)), float(n(Pperp))
             rows.append(LayerReport(
@@ -253,14 +352,18 @@ class ProjectionRegulariser:
     def terms(self) -> Iterator[Tuple[str, torch.Tensor, torch.Tensor]]:
         """Per layer ``(name, ||non-equivariant part||, ||equivariant part||)`` (differentiable)."""
         for name, m, spec in self.layers:
-            Peq, Pperp = layer_parts(m, spec)
+            Peq, Pperp = layer_parts(m, spec, kernel=self._perp_norms[name].kernel_norm)
             perp = self._perp_norms[name](Pperp)
             eq = self._eq_norms[name](Peq) if self.lambda_G > 0 else torch.zeros((), dtype=perp.dtype,
                                                                                   device=perp.device)
             yield name, perp, eq
 
-    def penalty(self) -> torch.Tensor:
-        """The differentiable penalty (a scalar)."""
+    #: The projection penalty needs no data (the shared method interface, see equiproj.baselines).
+    needs_batch = False
+
+    def penalty(self, batch=None) -> torch.Tensor:
+        """The differentiable penalty (a scalar). ``batch`` is ignored: the penalty depends on the
+        weights only (the argument keeps one interface with data-dependent regularisers)."""
         total = None
         for _, perp, eq in self.terms():
             t = self.lambda_perp * perp + self.lambda_G * eq

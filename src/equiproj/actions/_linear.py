@@ -31,6 +31,11 @@ class WeightAction:
         raise NotImplementedError
 
     @property
+    def bias_rep(self) -> Representation:
+        """The representation a bias of this layer carries (the layer's output channels)."""
+        return getattr(self, "_bias_rep", None) or self.out_rep
+
+    @property
     def matrix_shape(self) -> Tuple[int, int]:
         return (self.out_layout.dim, self.in_layout.dim)
 

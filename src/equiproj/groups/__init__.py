@@ -1,6 +1,7 @@
 """Groups and their real orthogonal representations.
 
-Finite groups: :func:`cyclic`, :func:`dihedral`, :func:`symmetric`, :func:`finite_group`.
+Finite groups: :func:`cyclic`, :func:`dihedral`, :func:`symmetric`, :func:`finite_group`, and
+the symmetries of the cube :func:`octahedral` (24 rotations) and :func:`full_octahedral` (48).
 Continuous groups: :func:`so2`, :func:`o2`, :func:`so3`, :func:`o3`.
 
 Every group ``G`` offers ``G.trivial()``, ``G.irrep(...)``, ``G.standard()``,
@@ -23,7 +24,7 @@ Examples
 from .._utils import orthogonalize
 from ._continuous import O2, O3, SO2, SO3, o2, o3, so2, so3, wigner_D
 from ._finite import (CyclicGroup, DihedralGroup, MatrixGroup, SymmetricGroup, cyclic, dihedral,
-                      finite_group, symmetric)
+                      finite_group, full_octahedral, octahedral, symmetric)
 from ._group import FiniteGroup, Group
 from ._rep import (ChangeOfBasis, Decomposition, DirectSum, Irrep, Isotypic, PermutationRep,
                    Representation, TableRep, TensorProduct, direct_sum, invariant_basis, tensor)
@@ -31,7 +32,7 @@ from ._rep import (ChangeOfBasis, Decomposition, DirectSum, Irrep, Isotypic, Per
 __all__ = [
     "Group", "FiniteGroup", "CyclicGroup", "DihedralGroup", "SymmetricGroup", "MatrixGroup",
     "SO2", "O2", "SO3", "O3",
-    "cyclic", "dihedral", "symmetric", "finite_group", "so2", "o2", "so3", "o3",
+    "cyclic", "dihedral", "symmetric", "finite_group", "octahedral", "full_octahedral", "so2", "o2", "so3", "o3",
     "Representation", "Irrep", "DirectSum", "TensorProduct", "ChangeOfBasis", "TableRep",
     "PermutationRep", "Decomposition", "Isotypic",
     "direct_sum", "tensor", "invariant_basis", "orthogonalize", "wigner_D",

@@ -1,11 +1,13 @@
 """Layers that carry representations, and nonlinearities that commute with the group.
 
-:class:`RepLinear` is an ``nn.Linear`` declared for the regulariser (``equivariant=True`` for
-the strictly equivariant baseline). :class:`PointwiseNonlinearity`,
+:class:`RepLinear`, :class:`RepConv2d` and :class:`RepConv3d` are ``nn.Linear`` / ``nn.Conv2d`` /
+``nn.Conv3d`` layers declared for the regulariser (``equivariant=True`` for the strictly
+equivariant baseline). :class:`PointwiseNonlinearity`,
 :class:`NormNonlinearity` and :class:`GatedNonlinearity` commute with the action.
 """
 
+from ._conv import RepConv2d, RepConv3d
 from ._linear import RepLinear
 from ._nonlinear import GatedNonlinearity, NormNonlinearity, PointwiseNonlinearity
 
-__all__ = ["RepLinear", "PointwiseNonlinearity", "NormNonlinearity", "GatedNonlinearity"]
+__all__ = ["RepLinear", "RepConv2d", "RepConv3d", "PointwiseNonlinearity", "NormNonlinearity", "GatedNonlinearity"]

@@ -28,7 +28,7 @@ class BasisPair(PairProjector):
 
     route = "basis"
 
-    def __init__(self, t_out: Representation, t_in: Representation, Q: Optional[torch.Tensor] = None):
+    def __init__(self, t_out: Representation, t_in, Q: Optional[torch.Tensor] = None):
         super().__init__(t_out, t_in)
         if Q is None:
             try:

@@ -40,7 +40,9 @@ def make_pair(t_out: Representation, t_in: Representation, route: str) -> PairPr
     pair = _PAIR_CACHE.get(key)
     if pair is not None:
         return pair
-    if route != "auto":
+    if getattr(t_in, "steerable", False):
+        pair = _steerable_pair(t_out, t_in, route)
+    elif route != "auto":
         pair = _PAIR_CLASSES[route](t_out, t_in)
     else:
         options = []
@@ -65,6 +67,18 @@ def make_pair(t_out: Representation, t_in: Representation, route: str) -> PairPr
             raise RouteNotApplicable(f"no route applies to {t_out.name} <- {t_in.name}")
     _PAIR_CACHE[key] = pair
     return pair
+
+
+def _steerable_pair(t_out: Representation, t_in, route: str) -> PairProjector:
+    """The basis route on the steerable subspace (the only route for such kernels)."""
+    if route in ("spatial", "spectral"):
+        raise RouteNotApplicable(
+            f"{t_out.group.name} does not act exactly on a {'x'.join(map(str, t_in.size))} grid, so route "
+            f"'{route}' does not apply: use route='basis' (the steerable subspace) or 'auto'"
+        )
+    from ..actions import steerable_basis
+
+    return BasisPair(t_out, t_in, Q=steerable_basis(t_out, t_in.tau, t_in.size, t_in.config))
 
 
 class Projector:
@@ -153,8 +167,11 @@ class Projector:
         ``norm`` is a name understood by :func:`equiproj.norms.get_norm` or a norm object.
         """
         self.action.check_shape(W)
+        n = get_norm(norm)
+        if n.kernel_norm:
+            return n(W - self.project(W))
         M = self.action.to_matrix(W)
-        return get_norm(norm)(M - self._project_matrix(M))
+        return n(M - self._project_matrix(M))
 
     def as_matrix(self, W: torch.Tensor) -> torch.Tensor:
         """The matrix view ``(..., dim_out, dim_in')`` of the weights that norms are applied to."""
@@ -162,15 +179,18 @@ class Projector:
         return self.action.to_matrix(W)
 
     def bias_projector(self) -> "Projector":
-        """Projector for biases: onto the invariant vectors of ``rho_out`` (as ``d x 1`` maps)."""
+        """Projector for biases: onto the invariant vectors of the layer's output representation
+        (``action.bias_rep``), as ``d x 1`` maps."""
         if self._bias is None:
-            self._bias = LinearProjector(self.group.trivial(), self.action.out_rep, route=self.route)
+            self._bias = LinearProjector(self.group.trivial(), self.action.bias_rep, route="auto")
         return self._bias
 
     def project_bias(self, b: torch.Tensor) -> torch.Tensor:
         """Equivariant part of a bias ``b`` of shape ``(..., dim_out)``."""
-        if b.shape[-1:] != (self.action.out_rep.dim,):
-            raise ValueError(f"bias of shape {tuple(b.shape)} does not match out_rep dim {self.action.out_rep.dim}")
+        rep = self.action.bias_rep
+        if b.shape[-1:] != (rep.dim,):
+            raise ValueError(f"bias of shape {tuple(b.shape)} does not match the output representation "
+                             f"{rep.name} of dimension {rep.dim}")
         return self.bias_projector().project(b[..., None])[..., 0]
 
     def _index(self, name: str, t: Optional[torch.Tensor], device) -> Optional[torch.Tensor]:
