@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import os
 import platform
 import statistics
-import tempfile
 import time
 from typing import Callable, Dict
 
 import torch
+
+from .._io import atomic_write_json, atomic_write_text
 
 __all__ = ["device_description", "measure", "write_json_atomic", "write_text_atomic", "saved_tensor_bytes"]
 
@@ -70,18 +69,10 @@ def saved_tensor_bytes(fn: Callable[[], torch.Tensor]) -> int:
 
 
 def write_json_atomic(path: str, data: Dict) -> None:
-    """Write JSON through a temporary file and an atomic rename."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
+    """Write JSON through a temporary file and an atomic rename (see :func:`equiproj._io.atomic_write_json`)."""
+    atomic_write_json(path, data, indent=2)
 
 
 def write_text_atomic(path: str, text: str) -> None:
-    """Write text through a temporary file and an atomic rename."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    """Write text through a temporary file and an atomic rename (see :func:`equiproj._io.atomic_write_text`)."""
+    atomic_write_text(path, text)

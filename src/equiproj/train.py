@@ -1,0 +1,1101 @@
+r"""The training loop shared by every experiment: seeding, devices, checkpoints, resume, DDP.
+
+:func:`fit` trains a model on ``task loss + regulariser penalty`` for a fixed number of
+optimisation steps and keeps everything needed to repeat or continue the run in one folder:
+
+``out_dir/checkpoint.pt``
+    Written atomically every ``checkpoint_every`` steps: weights, optimiser, scheduler, gradient
+    scaler, step, epoch and position in the epoch, the random states of every rank, the history
+    and the hash of the configuration. Calling :func:`fit` again with the same folder and the same
+    configuration continues from there, and ends with the weights of an uninterrupted run.
+``out_dir/result.json``
+    Written atomically at the end: configuration, final metrics, history, timings, device. A
+    folder with a result of the same configuration is not trained again.
+``out_dir/model.pt``
+    The final ``state_dict`` of the model.
+
+Only rank 0 writes. See ``docs/training.md`` for the full story.
+
+Examples
+--------
+>>> import tempfile, torch
+>>> from equiproj import ProjectionRegulariser
+>>> from equiproj.groups import cyclic
+>>> from equiproj.nn import RepLinear
+>>> from equiproj.train import TrainConfig, fit, seed_everything
+>>> G = cyclic(4)
+>>> _ = seed_everything(0)
+>>> model = RepLinear(G.regular(), G.regular())
+>>> x = torch.randn(64, 4); y = x.roll(1, dims=1)          # an equivariant target
+>>> reg = ProjectionRegulariser(model, lambda_perp=1e-2)
+>>> mse = lambda m, batch: torch.nn.functional.mse_loss(m(batch[0]), batch[1])
+>>> config = TrainConfig(steps=20, batch_size=16, lr=0.05, log_every=5, device="cpu")
+>>> with tempfile.TemporaryDirectory() as out:
+...     result = fit(model, (x, y), config, mse, out, regulariser=reg, progress=False)
+>>> result["status"], result["steps"], len(result["history"]["train"])
+('finished', 20, 4)
+>>> result["history"]["train"][-1]["loss"] < result["history"]["train"][0]["loss"]
+True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, TensorDataset
+
+from ._io import append_csv_row, atomic_torch_save, atomic_write_json
+
+__all__ = [
+    "TrainConfig", "TrainState", "StopTraining", "fit", "seed_everything", "select_device",
+    "is_main_process", "record_result", "result_row", "load_result",
+    "CHECKPOINT_NAME", "RESULT_NAME", "MODEL_NAME",
+]
+
+log = logging.getLogger(__name__)
+
+#: File names inside ``out_dir``.
+CHECKPOINT_NAME = "checkpoint.pt"
+RESULT_NAME = "result.json"
+MODEL_NAME = "model.pt"
+
+_CHECKPOINT_FORMAT = 1
+_OPTIMIZERS = ("adam", "adamw", "sgd")
+_SCHEDULES = ("constant", "cosine")
+_AMP_DTYPES = ("bf16", "fp16")
+#: Fields that do not change the trained weights nor the history, left out of the config hash so
+#: that they may differ between an interrupted run and its continuation.
+_UNHASHED_FIELDS = ("checkpoint_every", "num_workers")
+
+
+# ----------------------------------------------------------------------------------------------
+# seeds, devices, processes
+# ----------------------------------------------------------------------------------------------
+
+def seed_everything(seed: int) -> int:
+    """Seed Python's ``random``, NumPy's global generator and torch (CPU and every CUDA device).
+
+    Returns the seed.
+
+    Examples
+    --------
+    >>> from equiproj.train import seed_everything
+    >>> _ = seed_everything(3); a = torch.rand(2)
+    >>> _ = seed_everything(3); bool(torch.equal(a, torch.rand(2)))
+    True
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed_everything: seed must be an int, got {seed!r}")
+    seed = int(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # seeds every CUDA device as well
+    return seed
+
+
+def _parse_device(spec: str) -> Tuple[str, Optional[int]]:
+    """``(kind, index)`` of a device string, or ``ValueError``."""
+    s = str(spec).strip().lower()
+    if s in ("auto", "cpu", "cuda"):
+        return s, None
+    if s.startswith("cuda:"):
+        idx = s[5:]
+        if idx.isdigit():
+            return "cuda", int(idx)
+    raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:<index>', got {spec!r}")
+
+
+def select_device(spec: Union[str, torch.device] = "auto", local_rank: Optional[int] = None) -> torch.device:
+    """The ``torch.device`` for a device string.
+
+    Parameters
+    ----------
+    spec : str or torch.device
+        ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:<index>"``.
+    local_rank : int, optional
+        Under data-parallel training, ``"auto"`` and ``"cuda"`` pick ``cuda:<local_rank>``.
+
+    Raises
+    ------
+    RuntimeError
+        CUDA was asked for and is not available (or the index does not exist).
+
+    Examples
+    --------
+    >>> from equiproj.train import select_device
+    >>> select_device("cpu")
+    device(type='cpu')
+    """
+    if isinstance(spec, torch.device):
+        spec = str(spec)
+    kind, index = _parse_device(spec)
+    if kind == "cpu":
+        return torch.device("cpu")
+    available = torch.cuda.is_available()
+    if kind == "auto":
+        if not available:
+            return torch.device("cpu")
+        kind = "cuda"
+    if not available:
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA support (CPU build)"
+        raise RuntimeError(
+            f"device {spec!r} was requested but CUDA is not available on this machine "
+            f"(torch {torch.__version__} with {build}); use device='cpu' or device='auto'"
+        )
+    if index is None:
+        index = local_rank if local_rank is not None else torch.cuda.current_device()
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise RuntimeError(f"device {spec!r}: CUDA device index {index} does not exist "
+                           f"(this machine has {count} CUDA device(s))")
+    return torch.device("cuda", index)
+
+
+def _dist_ready() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def is_main_process() -> bool:
+    """``True`` on rank 0 of a distributed run (and in a plain single process).
+
+    Uses the initialised process group, else the ``RANK`` variable that ``torchrun`` sets.
+    """
+    if _dist_ready():
+        return torch.distributed.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _launched_by_torchrun() -> bool:
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+
+
+@dataclass
+class _Dist:
+    enabled: bool = False
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owns_group: bool = False
+
+
+def _dist_setup(device_spec: str) -> Tuple[_Dist, torch.device]:
+    """Join (or start, under torchrun) the process group and choose this process's device."""
+    if _dist_ready():
+        dist = torch.distributed
+        local = int(os.environ.get("LOCAL_RANK", dist.get_rank() % max(torch.cuda.device_count(), 1)))
+        info = _Dist(True, dist.get_rank(), dist.get_world_size(), local, owns_group=False)
+        return info, select_device(device_spec, local_rank=local)
+    if not _launched_by_torchrun():
+        return _Dist(), select_device(device_spec)
+    if not torch.distributed.is_available():
+        raise RuntimeError("the process was launched for distributed training (RANK/WORLD_SIZE/LOCAL_RANK "
+                           "are set) but this torch build has no torch.distributed")
+    rank, world, local = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    device = select_device(device_spec, local_rank=local)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    torch.distributed.init_process_group(backend=backend, rank=rank, world_size=world)
+    return _Dist(True, rank, world, local, owns_group=True), device
+
+
+def _broadcast_object(obj: Any, info: _Dist, device: torch.device) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not info.enabled:
+        return obj
+    box = [obj if info.rank == 0 else None]
+    torch.distributed.broadcast_object_list(box, src=0, device=device if device.type == "cuda" else None)
+    return box[0]
+
+
+def _all_gather_object(obj: Any, info: _Dist) -> List[Any]:
+    if not info.enabled:
+        return [obj]
+    out: List[Any] = [None] * info.world_size
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def _mean_across_ranks(values: torch.Tensor, info: _Dist) -> torch.Tensor:
+    if info.enabled:
+        values = values.clone()
+        torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.SUM)
+        values /= info.world_size
+    return values
+
+
+# ----------------------------------------------------------------------------------------------
+# configuration
+# ----------------------------------------------------------------------------------------------
+
+def _bad(name: str, expected: str, value: Any) -> ValueError:
+    return ValueError(f"TrainConfig.{name}: expected {expected}, got {value!r}")
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise _bad(name, f"an integer >= {minimum}", value)
+
+
+def _check_float(name: str, value: Any, positive: bool) -> None:
+    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating)) \
+        and math.isfinite(float(value)) and (float(value) > 0 if positive else float(value) >= 0)
+    if not ok:
+        raise _bad(name, "a finite number > 0" if positive else "a finite number >= 0", value)
+
+
+def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise _bad(name, "one of " + ", ".join(repr(c) for c in choices), value)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run, apart from the model, the data and the loss.
+
+    Parameters
+    ----------
+    steps : int
+        Total number of optimisation steps (epochs follow from the data size).
+    batch_size : int
+        Samples per step *per process* (the global batch is ``batch_size * world_size``).
+    lr : float
+        Peak learning rate.
+    optimizer : {"adam", "adamw", "sgd"}
+    weight_decay : float
+        Passed to the optimiser (decoupled for ``"adamw"``).
+    momentum : float
+        Momentum of ``"sgd"`` (ignored otherwise).
+    schedule : {"constant", "cosine"}
+        Learning rate after warm-up: constant, or cosine decay to zero at ``steps``.
+    warmup_steps : int
+        Linear warm-up from ``lr / warmup_steps`` to ``lr`` over the first steps.
+    eval_every : int
+        Call ``eval_fn`` every so many steps (``0``: only at the end; it always runs at the end).
+    checkpoint_every : int
+        Write ``checkpoint.pt`` every so many steps (``0``: never).
+    log_every : int
+        Record the mean task loss, penalty and total over the last steps every so many steps
+        (and at the last step).
+    seed : int
+        Seeds the data order and the random generators during training (rank ``r`` uses
+        ``seed + r`` for the global generators, the data order is shared).
+    device : str
+        ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:<index>"`` (see :func:`select_device`).
+    amp : bool
+        Mixed precision (autocast) for the task loss; only active on CUDA.
+    amp_dtype : {"bf16", "fp16"}
+        Autocast dtype; ``"fp16"`` adds a gradient scaler.
+    grad_clip : float, optional
+        Clip the global gradient norm to this value.
+    num_workers : int
+        ``DataLoader`` worker processes.
+    shuffle : bool
+        Reshuffle the data every epoch (deterministically from ``seed`` and the epoch).
+    drop_last : bool
+        Drop the last incomplete batch of every epoch.
+    meta : dict
+        Free JSON-serialisable description of everything else that determines the run (model,
+        regulariser weights, data set). It is part of the configuration hash, so a change of
+        ``lambda_perp`` written here is never mistaken for a finished or resumable run.
+
+    All fields except ``checkpoint_every`` and ``num_workers`` enter :attr:`hash`.
+
+    Examples
+    --------
+    >>> from equiproj.train import TrainConfig
+    >>> TrainConfig(steps=100, optimizer="adamw", meta={"lambda_perp": 0.1}).hash == \\
+    ...     TrainConfig(steps=100, optimizer="adamw", meta={"lambda_perp": 0.1}, checkpoint_every=7).hash
+    True
+    >>> TrainConfig(optimizer="lbfgs")
+    Traceback (most recent call last):
+    ...
+    ValueError: TrainConfig.optimizer: expected one of 'adam', 'adamw', 'sgd', got 'lbfgs'
+    """
+
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    eval_every: int = 0
+    checkpoint_every: int = 100
+    log_every: int = 10
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+    amp_dtype: str = "bf16"
+    grad_clip: Optional[float] = None
+    num_workers: int = 0
+    shuffle: bool = True
+    drop_last: bool = False
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        _check_int("steps", self.steps, 1)
+        _check_int("batch_size", self.batch_size, 1)
+        _check_float("lr", self.lr, positive=True)
+        _check_choice("optimizer", self.optimizer, _OPTIMIZERS)
+        _check_float("weight_decay", self.weight_decay, positive=False)
+        _check_float("momentum", self.momentum, positive=False)
+        _check_choice("schedule", self.schedule, _SCHEDULES)
+        _check_int("warmup_steps", self.warmup_steps, 0)
+        if self.warmup_steps >= self.steps and self.warmup_steps > 0:
+            raise _bad("warmup_steps", f"fewer than steps={self.steps}", self.warmup_steps)
+        for name in ("eval_every", "checkpoint_every", "num_workers"):
+            _check_int(name, getattr(self, name), 0)
+        _check_int("log_every", self.log_every, 1)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise _bad("seed", "a non-negative integer", self.seed)
+        if not isinstance(self.device, str):
+            raise _bad("device", "'auto', 'cpu', 'cuda' or 'cuda:<index>'", self.device)
+        try:
+            _parse_device(self.device)
+        except ValueError:
+            raise _bad("device", "'auto', 'cpu', 'cuda' or 'cuda:<index>'", self.device) from None
+        for name in ("amp", "shuffle", "drop_last"):
+            if not isinstance(getattr(self, name), bool):
+                raise _bad(name, "True or False", getattr(self, name))
+        _check_choice("amp_dtype", self.amp_dtype, _AMP_DTYPES)
+        if self.grad_clip is not None:
+            _check_float("grad_clip", self.grad_clip, positive=True)
+        if not isinstance(self.meta, dict):
+            raise _bad("meta", "a dict", self.meta)
+        try:
+            json.dumps(self.meta, allow_nan=True)
+        except (TypeError, ValueError) as exc:
+            raise _bad("meta", f"a JSON-serialisable dict ({exc})", self.meta) from None
+        # normalise numpy scalars to Python numbers (JSON, hashing)
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, np.integer):
+                setattr(self, f.name, int(v))
+            elif isinstance(v, np.floating):
+                setattr(self, f.name, float(v))
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A JSON-serialisable copy."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "TrainConfig":
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"TrainConfig: unknown field(s) {unknown}; known fields are {sorted(names)}")
+        return cls(**data)
+
+    def hashed_dict(self) -> Dict[str, Any]:
+        """The fields that enter :attr:`hash`."""
+        d = self.to_dict()
+        for k in _UNHASHED_FIELDS:
+            d.pop(k, None)
+        return d
+
+    @property
+    def hash(self) -> str:
+        """A stable short hash of the configuration (see :meth:`hashed_dict`)."""
+        text = json.dumps(self.hashed_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _as_config(config: Union[TrainConfig, Dict[str, Any]]) -> TrainConfig:
+    if isinstance(config, TrainConfig):
+        return config
+    if isinstance(config, dict):
+        return TrainConfig.from_dict(config)
+    raise TypeError(f"config must be a TrainConfig or a dict, got {type(config).__name__}")
+
+
+def _config_diff(old: Dict[str, Any], new: Dict[str, Any]) -> str:
+    keys = sorted(set(old) | set(new))
+    parts = [f"{k}: {old.get(k, '<missing>')!r} -> {new.get(k, '<missing>')!r}"
+             for k in keys if old.get(k, "<missing>") != new.get(k, "<missing>")]
+    return "; ".join(parts) if parts else "no field differs (another version of the format)"
+
+
+# ----------------------------------------------------------------------------------------------
+# random states
+# ----------------------------------------------------------------------------------------------
+
+def _rng_state() -> Dict[str, Any]:
+    """The states of every global generator, as plain lists and tensors (``weights_only`` loadable)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(internal), gauss],
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = state["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        else:
+            warnings.warn(f"the checkpoint holds CUDA random states of {len(cuda)} device(s), this machine has "
+                          f"{torch.cuda.device_count()}: CUDA random numbers will differ from an uninterrupted run")
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+# ----------------------------------------------------------------------------------------------
+
+class _ResumableSampler(DistributedSampler):
+    """A ``DistributedSampler`` (also used with one replica) that can start inside an epoch.
+
+    The order of epoch ``e`` is a permutation drawn from ``seed + e`` only, so it is known again
+    after a restart; every rank takes an interleaved shard of it.
+    """
+
+    def __init__(self, dataset, num_replicas: int, rank: int, shuffle: bool, seed: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+        self.start = 0
+
+    def set_start(self, start: int) -> None:
+        self.start = int(start)
+
+    def __iter__(self):
+        return iter(list(super().__iter__())[self.start:])
+
+    def __len__(self) -> int:
+        return max(self.num_samples - self.start, 0)
+
+
+def _worker_init(worker_id: int) -> None:  # pragma: no cover - runs in worker processes
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def _as_dataset(train_data) -> Dataset:
+    if isinstance(train_data, DataLoader):
+        raise TypeError("fit: pass the Dataset (or a tuple of tensors), not a DataLoader; fit builds its own "
+                        "seeded, resumable loader")
+    if isinstance(train_data, torch.Tensor):
+        train_data = (train_data,)
+    if isinstance(train_data, (tuple, list)):
+        if not train_data or not all(isinstance(t, torch.Tensor) for t in train_data):
+            raise TypeError("fit: train_data as a tuple must hold tensors (wrapped in a TensorDataset)")
+        n = {len(t) for t in train_data}
+        if len(n) != 1:
+            raise ValueError(f"fit: the tensors of train_data have different first dimensions {sorted(n)}")
+        return TensorDataset(*train_data)
+    if isinstance(train_data, Dataset) and hasattr(train_data, "__len__"):
+        return train_data
+    raise TypeError(f"fit: train_data must be a map-style torch Dataset (with __len__) or a tuple of tensors, "
+                    f"got {type(train_data).__name__}")
+
+
+def _make_loader(dataset: Dataset, sampler: _ResumableSampler, config: TrainConfig, epoch: int, start_batch: int,
+                 rank: int, pin: bool) -> DataLoader:
+    sampler.set_epoch(epoch)
+    sampler.set_start(start_batch * config.batch_size)
+    # the loader draws its workers' base seed from this generator (never from the global one)
+    g = torch.Generator()
+    g.manual_seed((config.seed * 1_000_003 + epoch * 9_176 + rank) % 2**63)
+    common = dict(num_workers=config.num_workers, pin_memory=pin, generator=g,
+                  worker_init_fn=_worker_init if config.num_workers > 0 else None)
+    if isinstance(dataset, TensorDataset):
+        # index the tensors once per batch instead of once per sample
+        batches = BatchSampler(sampler, config.batch_size, drop_last=config.drop_last)
+        return DataLoader(dataset, sampler=batches, batch_size=None, **common)
+    return DataLoader(dataset, sampler=sampler, batch_size=config.batch_size, drop_last=config.drop_last, **common)
+
+
+def _to_device(batch, device: torch.device, non_blocking: bool):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=non_blocking)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device, non_blocking) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
+        return type(batch)(*(_to_device(v, device, non_blocking) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device, non_blocking) for v in batch)
+    return batch
+
+
+# ----------------------------------------------------------------------------------------------
+# optimiser, schedule
+# ----------------------------------------------------------------------------------------------
+
+def _full_precision(t: torch.Tensor) -> torch.Tensor:
+    """Half-precision losses (from autocast) in float32; float32 and float64 stay as they are."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def _make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def _lr_factor(config: TrainConfig) -> Callable[[int], float]:
+    steps, warm, cosine = config.steps, config.warmup_steps, config.schedule == "cosine"
+
+    def factor(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        if not cosine:
+            return 1.0
+        t = min(max(step - warm, 0), steps - warm) / max(steps - warm, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+
+    return factor
+
+
+# ----------------------------------------------------------------------------------------------
+# state, callbacks, results
+# ----------------------------------------------------------------------------------------------
+
+class StopTraining(Exception):
+    """Raise from a callback to stop :func:`fit` as if the process had been interrupted.
+
+    :func:`fit` returns ``{"status": "interrupted", ...}`` without writing ``result.json``; the
+    last checkpoint stays valid and a later call with the same folder resumes from it.
+    """
+
+
+@dataclass
+class TrainState:
+    """What callbacks see after every step (``callback(step, state)``).
+
+    ``model`` is the un-wrapped model (not the DDP wrapper); ``last_log`` the latest logged
+    training metrics, ``last_eval`` the latest evaluation; ``checkpoint_step`` the step of the last
+    checkpoint written (or resumed from), ``None`` if there is none.
+    """
+
+    step: int
+    epoch: int
+    batch_in_epoch: int
+    config: TrainConfig
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    history: Dict[str, List[Dict[str, Any]]]
+    last_log: Dict[str, Any] = field(default_factory=dict)
+    last_eval: Dict[str, Any] = field(default_factory=dict)
+    checkpoint_step: Optional[int] = None
+    out_dir: Optional[Path] = None
+    rank: int = 0
+    world_size: int = 1
+
+
+def load_result(out_dir: Union[str, os.PathLike]) -> Optional[Dict[str, Any]]:
+    """The ``result.json`` of a run folder, or ``None`` if it has none."""
+    path = Path(out_dir) / RESULT_NAME
+    if not path.exists():
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _flatten(prefix: str, obj: Any, out: Dict[str, Any]) -> None:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    elif isinstance(obj, (list, tuple)):
+        out[prefix] = json.dumps(obj)
+    else:
+        out[prefix] = obj
+
+
+def result_row(result: Dict[str, Any], **extra: Any) -> Dict[str, Any]:
+    """One flat CSV row of a :func:`fit` result: ``extra`` first, then the configuration fields
+    (``meta`` as ``meta.<key>``), the final metrics (``train_<name>``, ``eval_<name>``), the
+    timings and ``device_description``. The history is left out."""
+    row: Dict[str, Any] = {}
+    _flatten("", extra, row)
+    _flatten("", {k: v for k, v in result.get("config", {}).items()}, row)
+    row["config_hash"] = result.get("config_hash")
+    final = result.get("final", {})
+    for k, v in final.get("train", {}).items():
+        row[f"train_{k}"] = v
+    for k, v in final.get("eval", {}).items():
+        row[f"eval_{k}"] = v
+    for k in ("status", "steps", "epochs", "wall_time_s", "time_per_step_s", "samples_per_s", "world_size",
+              "amp_active", "resumes", "out_dir"):
+        if k in result:
+            row[k] = result[k]
+    if "device" in result:  # the configured device string stays under "device"
+        row["device_description"] = result["device"]
+    return row
+
+
+def record_result(csv_path: Union[str, os.PathLike], row: Dict[str, Any], **extra: Any) -> Optional[Dict[str, Any]]:
+    """Append a run to an aggregate CSV over runs (atomically, header grown as needed).
+
+    ``row`` is a flat dict, or a :func:`fit` result (flattened by :func:`result_row`, ``extra``
+    columns first). Only the main process writes; returns the row written (``None`` elsewhere).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from equiproj.train import record_result
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     path = os.path.join(d, "runs.csv")
+    ...     _ = record_result(path, {"lambda_perp": 0.1, "test_mse": 0.02})
+    ...     _ = record_result(path, {"lambda_perp": 1.0, "test_mse": 0.01})
+    ...     print(open(path).read().strip())
+    lambda_perp,test_mse
+    0.1,0.02
+    1.0,0.01
+    """
+    if "config" in row and "final" in row:
+        row = result_row(row, **extra)
+    else:
+        row = {**extra, **row}
+    if not is_main_process():
+        return None
+    append_csv_row(csv_path, row)
+    return row
+
+
+# ----------------------------------------------------------------------------------------------
+# fit
+# ----------------------------------------------------------------------------------------------
+
+def _progress_bar(enabled: bool, total: int, initial: int):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except Exception:  # tqdm is optional: train silently without a bar
+        return None
+    return tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True, leave=False)
+
+
+def _floats(metrics: Any, where: str) -> Dict[str, float]:
+    if not isinstance(metrics, dict):
+        raise TypeError(f"{where} must return a dict of floats, got {type(metrics).__name__}")
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, torch.Tensor):
+            if v.numel() != 1:
+                raise TypeError(f"{where}: metric {k!r} is a tensor of shape {tuple(v.shape)}, expected a scalar")
+            v = v.item()
+        try:
+            out[str(k)] = float(v)
+        except (TypeError, ValueError):
+            raise TypeError(f"{where}: metric {k!r} is not a number ({v!r})") from None
+    return out
+
+
+def _check_start(out: Optional[Path], config: TrainConfig) -> Dict[str, Any]:
+    """What to do with ``out_dir``: ``fresh``, ``resume`` (with the checkpoint), ``finished`` (with
+    the result and final weights) or ``error`` (with a message). Runs on rank 0."""
+    if out is None:
+        return {"kind": "fresh"}
+    h = config.hash
+    advice = (f"Use another out_dir for this configuration, or delete the folder {str(out)!r} to start "
+              f"again from scratch.")
+    result_path, ckpt_path, model_path = out / RESULT_NAME, out / CHECKPOINT_NAME, out / MODEL_NAME
+    if result_path.exists():
+        result = load_result(out)
+        if result.get("config_hash") != h:
+            old = {k: v for k, v in result.get("config", {}).items() if k not in _UNHASHED_FIELDS}
+            diff = _config_diff(old, config.hashed_dict())
+            return {"kind": "error", "message": f"out_dir {str(out)!r} holds the finished result of a different "
+                                                f"configuration (hash {result.get('config_hash')} != {h}; "
+                                                f"{diff}). {advice}"}
+        state = torch.load(model_path, map_location="cpu", weights_only=True) if model_path.exists() else None
+        return {"kind": "finished", "result": result, "model": state}
+    if ckpt_path.exists():
+        try:
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            return {"kind": "error", "message": f"cannot read the checkpoint {str(ckpt_path)!r} ({exc}). {advice}"}
+        if not isinstance(ckpt, dict) or ckpt.get("format") != _CHECKPOINT_FORMAT:
+            found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+            return {"kind": "error", "message": f"{str(ckpt_path)!r} is not a checkpoint of this version of "
+                                                f"equiproj.train (format {found!r}, expected "
+                                                f"{_CHECKPOINT_FORMAT}). {advice}"}
+        if ckpt.get("config_hash") != h:
+            diff = _config_diff(ckpt.get("hashed_config", {}), config.hashed_dict())
+            return {"kind": "error", "message": f"out_dir {str(out)!r} holds a checkpoint of a different "
+                                                f"configuration (hash {ckpt.get('config_hash')} != {h}; {diff}). "
+                                                f"{advice}"}
+        return {"kind": "resume", "checkpoint": ckpt}
+    return {"kind": "fresh"}
+
+
+def fit(model: nn.Module, train_data, config: Union[TrainConfig, Dict[str, Any]],
+        loss_fn: Callable[[nn.Module, Any], torch.Tensor], out_dir: Optional[Union[str, os.PathLike]],
+        regulariser=None, eval_fn: Optional[Callable[[nn.Module], Dict[str, float]]] = None,
+        callbacks: Optional[Sequence[Callable[[int, TrainState], None]]] = None, progress: bool = True,
+        ddp_kwargs: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    r"""Train ``model`` for ``config.steps`` steps on ``loss_fn + regulariser.penalty``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Trained in place (moved to the device). Under DDP it is wrapped internally; pass the
+        plain module.
+    train_data : Dataset or tuple of tensors
+        A map-style dataset, or tensors with a common first dimension (a ``TensorDataset``).
+        Batches are drawn by a seeded sampler that reshuffles every epoch; under DDP every rank
+        gets its own shard (a ``DistributedSampler``).
+    config : TrainConfig or dict
+    loss_fn : callable
+        ``loss_fn(model, batch) -> scalar tensor``, the task loss. ``model`` is the module to
+        call (the DDP wrapper under DDP); ``batch`` is what the loader yields, already on the
+        device (for tensors: a list ``[x, y, ...]``).
+    out_dir : str or path, optional
+        The run folder (checkpoint, result, final weights); ``None`` writes nothing and never
+        resumes.
+    regulariser : object, optional
+        Anything with ``penalty(batch) -> scalar tensor`` and a boolean ``needs_batch``
+        (e.g. :class:`equiproj.ProjectionRegulariser`), built around the plain ``model``. The
+        penalty receives the batch only when ``needs_batch`` is true, and is computed outside
+        autocast (in the parameters' precision).
+    eval_fn : callable, optional
+        ``eval_fn(model) -> dict of floats``, called on the plain model in eval mode under
+        ``torch.no_grad()`` every ``config.eval_every`` steps and at the end. It does not disturb
+        the training's random streams. Under DDP it runs on every rank and the metrics are averaged.
+    callbacks : sequence of callables, optional
+        ``callback(step, state)`` after every step (after logging, evaluation and checkpointing),
+        with a :class:`TrainState`. Raising :class:`StopTraining` interrupts the run; under DDP
+        callbacks must act alike on every rank.
+    progress : bool
+        A ``tqdm`` progress bar on rank 0 (silently none without ``tqdm``).
+    ddp_kwargs : dict, optional
+        Extra arguments for ``DistributedDataParallel`` (e.g. ``find_unused_parameters=True``).
+
+    Returns
+    -------
+    dict
+        The result also written to ``out_dir/result.json``: ``status`` (``"finished"``),
+        ``config``, ``config_hash``, ``steps``, ``epochs``, ``final`` (``{"train": {task_loss,
+        penalty, loss, lr}, "eval": {...}}``), ``history`` (``{"train": [...], "eval": [...]}``),
+        ``wall_time_s``, ``train_time_s``, ``eval_time_s``, ``time_per_step_s``,
+        ``samples_per_s``, ``device``, ``world_size``, ``amp_active``, ``resumes``, ``out_dir``,
+        ``torch_version``. After a :class:`StopTraining`: ``{"status": "interrupted", "step",
+        "checkpoint_step", "history", "out_dir"}``. For a folder that already holds the result of
+        the same configuration, that result (the final weights are loaded into ``model``).
+
+    Raises
+    ------
+    ValueError
+        ``out_dir`` holds a checkpoint or result of a different configuration.
+    RuntimeError
+        CUDA was asked for and is not available.
+
+    Examples
+    --------
+    Interrupt a run by a callback and continue it later:
+
+    >>> import tempfile, torch
+    >>> from equiproj.train import StopTraining, TrainConfig, fit
+    >>> x = torch.linspace(-1, 1, 32)[:, None]; y = 3 * x
+    >>> mse = lambda m, b: torch.nn.functional.mse_loss(m(b[0]), b[1])
+    >>> cfg = TrainConfig(steps=12, batch_size=8, lr=0.1, checkpoint_every=4, device="cpu")
+    >>> def stop_at_6(step, state):
+    ...     if step == 6:
+    ...         raise StopTraining
+    >>> with tempfile.TemporaryDirectory() as out:
+    ...     first = fit(torch.nn.Linear(1, 1), (x, y), cfg, mse, out, callbacks=[stop_at_6], progress=False)
+    ...     second = fit(torch.nn.Linear(1, 1), (x, y), cfg, mse, out, progress=False)
+    >>> first["status"], first["checkpoint_step"], second["status"], second["resumes"]
+    ('interrupted', 4, 'finished', 1)
+    """
+    config = _as_config(config)
+    if regulariser is not None and not callable(getattr(regulariser, "penalty", None)):
+        raise TypeError("fit: regulariser must have a penalty(batch) method (and a needs_batch attribute)")
+    if not callable(loss_fn):
+        raise TypeError("fit: loss_fn must be callable as loss_fn(model, batch)")
+    info, device = _dist_setup(config.device)
+    try:
+        return _fit(model, train_data, config, loss_fn, out_dir, regulariser, eval_fn, list(callbacks or ()),
+                    progress, dict(ddp_kwargs or {}), info, device)
+    finally:
+        if info.owns_group and _dist_ready():
+            torch.distributed.destroy_process_group()
+
+
+def _fit(model, train_data, config: TrainConfig, loss_fn, out_dir, regulariser, eval_fn, callbacks, progress,
+         ddp_kwargs, info: _Dist, device: torch.device) -> Dict[str, Any]:
+    dataset = _as_dataset(train_data)
+    out = Path(out_dir) if out_dir is not None else None
+    main = info.rank == 0
+    h = config.hash
+
+    # 1. what is in out_dir (decided on rank 0, shared with the others)
+    start = None
+    if main:
+        try:
+            start = _check_start(out, config)
+        except Exception as exc:  # never leave the other ranks waiting for rank 0
+            start = {"kind": "error", "message": f"cannot read the run folder {str(out)!r}: {exc!r}. Use another "
+                                                 f"out_dir or delete the folder."}
+    start = _broadcast_object(start, info, device)
+    if start["kind"] == "error":
+        raise ValueError(start["message"])
+    if start["kind"] == "finished":
+        if start.get("model") is not None:
+            model.load_state_dict(start["model"])
+        log.info("%s: finished run of the same configuration found, not training again", out)
+        return start["result"]
+    ckpt = start.get("checkpoint")
+
+    # 2. precision
+    amp_active = bool(config.amp and device.type == "cuda")
+    if config.amp and not amp_active:
+        warnings.warn(f"TrainConfig.amp=True is ignored on device {device} (mixed precision is only used on CUDA)")
+    amp_dtype = torch.bfloat16 if config.amp_dtype == "bf16" else torch.float16
+    if amp_active and amp_dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"TrainConfig.amp_dtype: 'bf16' is not supported by {torch.cuda.get_device_name(device)}; "
+                         f"use amp_dtype='fp16'")
+    use_scaler = amp_active and amp_dtype == torch.float16
+
+    # 3. model, optimiser, schedule, scaler (weights restored before DDP copies rank 0's)
+    model.to(device)
+    if ckpt is not None:
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as exc:
+            raise ValueError(f"the checkpoint in {str(out)!r} does not fit this model ({exc}). Use another out_dir "
+                             f"or delete the folder.") from None
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("fit: the model has no trainable parameters")
+    optimizer = _make_optimizer(params, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    train_model: nn.Module = model
+    if info.enabled:
+        kw = {"device_ids": [device.index]} if device.type == "cuda" else {}
+        kw.update(ddp_kwargs)
+        train_model = nn.parallel.DistributedDataParallel(model, **kw)
+
+    # 4. data
+    sampler = _ResumableSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=config.shuffle,
+                                seed=config.seed)
+    n_local = sampler.num_samples
+    per_epoch = n_local // config.batch_size if config.drop_last else math.ceil(n_local / config.batch_size)
+    if per_epoch == 0:
+        raise ValueError(f"fit: {len(dataset)} samples over {info.world_size} process(es) give no batch of "
+                         f"batch_size={config.batch_size} with drop_last=True")
+    pin = device.type == "cuda"
+
+    # 5. starting state
+    if ckpt is None:
+        seed_everything(config.seed + info.rank)
+        step, epoch, pos = 0, 0, 0
+        history: Dict[str, List[Dict[str, Any]]] = {"train": [], "eval": []}
+        acc = torch.zeros(3, dtype=torch.float64, device=device)
+        acc_n, times, resumes, ckpt_step = 0, {"train": 0.0, "eval": 0.0, "checkpoint": 0.0}, 0, None
+    else:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        ranks = ckpt["ranks"]
+        if len(ranks) != info.world_size:
+            warnings.warn(f"resuming a checkpoint written by {len(ranks)} process(es) with {info.world_size}: the "
+                          f"data shards and random streams differ from an uninterrupted run")
+        mine = ranks[info.rank % len(ranks)]
+        _set_rng_state(mine["rng"])
+        step, epoch, pos = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
+        history = ckpt["history"]
+        acc = mine["log_acc"].to(device=device, dtype=torch.float64)
+        acc_n, times, resumes, ckpt_step = mine["log_n"], dict(ckpt["times"]), ckpt["resumes"] + 1, step
+        log.info("%s: resuming at step %d (epoch %d, batch %d)", out, step, epoch, pos)
+    needs_batch = bool(getattr(regulariser, "needs_batch", False))
+    state = TrainState(step=step, epoch=epoch, batch_in_epoch=pos, config=config, model=model,
+                       optimizer=optimizer, history=history, checkpoint_step=ckpt_step, out_dir=out,
+                       rank=info.rank, world_size=info.world_size)
+    if history["train"]:
+        state.last_log = dict(history["train"][-1])
+    if history["eval"]:
+        state.last_eval = dict(history["eval"][-1])
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def write_checkpoint():
+        t0 = time.perf_counter()
+        # per-rank parts: random states and the (not yet reduced) running sums of the log
+        per_rank = _all_gather_object({"rng": _rng_state(), "log_acc": acc.detach().cpu(), "log_n": acc_n}, info)
+        if main and out is not None:
+            atomic_torch_save({
+                "format": _CHECKPOINT_FORMAT, "config_hash": h, "config": config.to_dict(),
+                "hashed_config": config.hashed_dict(), "step": step, "epoch": epoch, "batch_in_epoch": pos,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "ranks": per_rank,
+                "history": history, "times": dict(times),
+                "resumes": resumes, "world_size": info.world_size,
+            }, out / CHECKPOINT_NAME)
+        times["checkpoint"] += time.perf_counter() - t0
+        state.checkpoint_step = step
+
+    def evaluate():
+        t0 = time.perf_counter()
+        saved = _rng_state()
+        model.eval()
+        try:
+            with torch.no_grad():
+                metrics = _floats(eval_fn(model), "eval_fn")
+        finally:
+            model.train()
+            _set_rng_state(saved)
+        if info.enabled:
+            gathered = _all_gather_object(sorted(metrics), info)
+            if any(g != gathered[0] for g in gathered):
+                raise RuntimeError(f"eval_fn returned different metric names on different ranks: {gathered}")
+            vals = _mean_across_ranks(torch.tensor([metrics[k] for k in sorted(metrics)], dtype=torch.float64,
+                                                   device=device), info).tolist()
+            metrics = dict(zip(sorted(metrics), vals))
+        entry = {"step": step, **metrics}
+        history["eval"].append(entry)
+        state.last_eval = dict(entry)
+        times["eval"] += time.perf_counter() - t0
+        return entry
+
+    bar = _progress_bar(progress and main, config.steps, step)
+    model.train()
+    session_start = time.perf_counter()
+    segment_start = session_start  # start of the training time not yet added to times["train"]
+    try:
+        while step < config.steps:
+            loader = _make_loader(dataset, sampler, config, epoch, pos, info.rank, pin)
+            for batch in loader:
+                batch = _to_device(batch, device, non_blocking=pin)
+                optimizer.zero_grad(set_to_none=True)
+                with torch.autocast(device_type="cuda", dtype=amp_dtype) if amp_active else contextlib.nullcontext():
+                    task = loss_fn(train_model, batch)
+                if not isinstance(task, torch.Tensor) or task.numel() != 1:
+                    got = f"shape {tuple(task.shape)}" if isinstance(task, torch.Tensor) else type(task).__name__
+                    raise TypeError(f"loss_fn must return a scalar tensor, got {got}")
+                task = _full_precision(task.reshape(()))
+                if regulariser is not None:
+                    pen = regulariser.penalty(batch if needs_batch else None)
+                    pen = _full_precision(pen.reshape(())) if isinstance(pen, torch.Tensor) else torch.tensor(
+                        float(pen), device=device)
+                    total = task + pen
+                else:
+                    pen = torch.zeros((), device=device)
+                    total = task
+                scaler.scale(total).backward()
+                if config.grad_clip is not None:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+
+                step += 1
+                pos += 1
+                if pos >= per_epoch:
+                    epoch, pos = epoch + 1, 0
+                acc += torch.stack([task.detach(), pen.detach(), total.detach()]).to(torch.float64)
+                acc_n += 1
+                state.step, state.epoch, state.batch_in_epoch = step, epoch, pos
+                if bar is not None:
+                    bar.update(1)
+
+                last = step >= config.steps
+                if step % config.log_every == 0 or last:
+                    means = (_mean_across_ranks(acc, info) / acc_n).tolist()
+                    entry = {"step": step, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+                             "task_loss": means[0], "penalty": means[1], "loss": means[2]}
+                    history["train"].append(entry)
+                    state.last_log = dict(entry)
+                    acc.zero_()
+                    acc_n = 0
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{means[2]:.4g}", task=f"{means[0]:.4g}", pen=f"{means[1]:.3g}")
+                    log.info("step %d: loss %.6g (task %.6g, penalty %.6g)", step, means[2], means[0], means[1])
+                do_eval = eval_fn is not None and ((config.eval_every and step % config.eval_every == 0) or last)
+                do_ckpt = bool(config.checkpoint_every) and (step % config.checkpoint_every == 0 or last)
+                if do_eval or do_ckpt:
+                    # close the timed training segment (synchronising only here keeps CUDA asynchronous)
+                    sync()
+                    times["train"] += time.perf_counter() - segment_start
+                    if do_eval:
+                        evaluate()
+                    if do_ckpt:
+                        write_checkpoint()
+                    segment_start = time.perf_counter()
+                for cb in callbacks:
+                    cb(step, state)
+                if last:
+                    break
+    except StopTraining:
+        log.info("training stopped by a callback at step %d (last checkpoint: %s)", step, state.checkpoint_step)
+        return {"status": "interrupted", "step": step, "checkpoint_step": state.checkpoint_step,
+                "history": history, "out_dir": str(out) if out is not None else None}
+    finally:
+        if bar is not None:
+            bar.close()
+
+    # 6. results
+    sync()
+    now = time.perf_counter()
+    if segment_start < now and not (config.checkpoint_every or eval_fn is not None):
+        times["train"] += now - segment_start
+    wall = now - session_start
+    train_time = times["train"]
+    world = info.world_size
+    final_train = {k: v for k, v in state.last_log.items() if k in ("task_loss", "penalty", "loss", "lr")}
+    final_eval = {k: v for k, v in state.last_eval.items() if k != "step"}
+    from .benchmarks._common import device_description
+
+    result = {
+        "status": "finished",
+        "config": config.to_dict(),
+        "config_hash": h,
+        "steps": step,
+        "epochs": epoch + pos / per_epoch,
+        "final": {"train": final_train, "eval": final_eval},
+        "history": history,
+        "wall_time_s": train_time + times["eval"] + times["checkpoint"],
+        "session_wall_time_s": wall,
+        "train_time_s": train_time,
+        "eval_time_s": times["eval"],
+        "checkpoint_time_s": times["checkpoint"],
+        "time_per_step_s": train_time / max(step, 1),
+        "samples_per_s": step * config.batch_size * world / train_time if train_time > 0 else float("nan"),
+        "device": device_description(device),
+        "world_size": world,
+        "amp_active": amp_active,
+        "resumes": resumes,
+        "out_dir": str(out) if out is not None else None,
+        "torch_version": torch.__version__,
+    }
+    if main and out is not None:
+        atomic_torch_save(model.state_dict(), out / MODEL_NAME)
+        atomic_write_json(out / RESULT_NAME, result)
+    return result
