@@ -52,6 +52,11 @@ def rep_cases():
          SO3.irrep(0) + SO3.irrep(1) + SO3.standard() * SO3.standard() + SO3.irrep(2)),
         ("O3", O3, O3.irrep(0, 1) + O3.irrep(0, -1) + 2 * O3.irrep(1, -1) + O3.irrep(2, 1),
          O3.irrep(0, 1) + 2 * O3.irrep(1, 1) + O3.standard() * O3.standard() + O3.irrep(1, -1)),
+        # tensor products of sums are split into products of summands (a permuted direct sum)
+        ("O3-tensor-of-sums", O3, (O3.trivial() + 2 * O3.standard()) * (O3.trivial() + O3.standard()),
+         O3.irrep(1, -1) + (O3.trivial() + O3.standard()) * O3.standard()),
+        ("D4-tensor-of-sums", dihedral(4), (dihedral(4).trivial() + dihedral(4).standard()) * dihedral(4).regular(),
+         dihedral(4).regular() + dihedral(4).standard()),
     ]
 
 

@@ -47,7 +47,8 @@ __all__ = [
 
 
 class Norm:
-    """Base class: ``norm(M)`` for ``M`` of shape ``(..., m, n)`` returns shape ``(...)``.
+    """Base class: ``norm(M)`` for ``M`` of shape ``(..., m, n)`` returns shape ``(...)``; complex
+    matrices are accepted (moduli of entries, singular values of the complex matrix).
 
     A norm with ``kernel_norm = True`` receives weights in their own shape (e.g. convolution
     kernels ``(c_out, c_in, *k)``) instead of the matrix view, and no bias.
@@ -87,6 +88,8 @@ class FrobeniusSquared(Norm):
     name = "fro2"
 
     def _norm(self, M):
+        if M.is_complex():
+            M = torch.view_as_real(M).flatten(-2)
         return (M * M).sum((-2, -1))
 
 
@@ -119,14 +122,15 @@ class SpectralNorm(Norm):
                 u = u / u.norm(dim=-1, keepdim=True).clamp_min(self.eps)
             Md = M.detach()
             for _ in range(self.n_iter):
-                v = (Md.transpose(-1, -2) @ u[..., None])[..., 0]
+                v = (Md.mH @ u[..., None])[..., 0]
                 v = v / v.norm(dim=-1, keepdim=True).clamp_min(self.eps)
                 u = (Md @ v[..., None])[..., 0]
                 u = u / u.norm(dim=-1, keepdim=True).clamp_min(self.eps)
-            v = (Md.transpose(-1, -2) @ u[..., None])[..., 0]
+            v = (Md.mH @ u[..., None])[..., 0]
             v = v / v.norm(dim=-1, keepdim=True).clamp_min(self.eps)
             self._u = u
-        return (u[..., None, :] @ M @ v[..., :, None])[..., 0, 0]
+        val = (u.conj()[..., None, :] @ M @ v[..., :, None])[..., 0, 0]
+        return val.real if val.is_complex() else val
 
     def __repr__(self):
         return f"SpectralNorm(n_iter={self.n_iter}, exact={self.exact})"

@@ -37,19 +37,18 @@ class FieldLayout:
         (e.g. ``tau -> tau (x) grid`` for kernels), whose coordinates are ``scale`` times as many."""
         order: List[Representation] = []
         positions: dict = {}
-        o = 0
-        for f in rep.fields:
+        for f, index in rep.field_blocks():
             if f.key not in positions:
                 positions[f.key] = []
                 order.append(f)
-            positions[f.key].append(o)
-            o += f.dim
-        idx: List[int] = []
+            positions[f.key].append(index)
+        idx: List[torch.Tensor] = []
+        ar = torch.arange(scale)
         for f in order:
-            for start in positions[f.key]:
-                idx.extend(range(start * scale, (start + f.dim) * scale))
-        perm = torch.tensor(idx, dtype=torch.long)
-        identity = bool((perm == torch.arange(len(idx))).all())
+            for index in positions[f.key]:
+                idx.append((index[:, None] * scale + ar[None, :]).reshape(-1))
+        perm = torch.cat(idx).to(torch.long)
+        identity = bool((perm == torch.arange(len(perm))).all())
         types = tuple(transform(f) if transform else f for f in order)
         counts = tuple(len(positions[f.key]) for f in order)
         dims = tuple(t.dim for t in types)

@@ -26,6 +26,8 @@ class Group:
 
     name: str = "G"
     is_finite: bool = False
+    #: False for groups whose irreps equiproj does not know (only the basis route applies).
+    has_irreps: bool = True
 
     def __init__(self) -> None:
         self._decomposition_cache: Dict = {}

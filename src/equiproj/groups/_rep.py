@@ -151,6 +151,17 @@ class Representation:
         """The tensor factors of this representation (itself unless a tensor product)."""
         return (self,)
 
+    def field_blocks(self) -> List[Tuple["Representation", torch.Tensor]]:
+        """The representation as a direct sum of field types, with the coordinates of each:
+        ``[(tau, index), ...]`` with ``rho(g)[index][:, index] = tau(g)``. Direct sums give their
+        summands; a tensor product of sums gives the products of their summands (distributivity),
+        which keeps the projectors' pairs of field types small."""
+        out, o = [], 0
+        for f in self.fields:
+            out.append((f, torch.arange(o, o + f.dim)))
+            o += f.dim
+        return out
+
     @property
     def permutation(self) -> Optional[torch.Tensor]:
         """For a permutation representation of a finite group: the long tensor ``src`` of
@@ -252,6 +263,8 @@ class Representation:
 
     def is_trivial(self) -> bool:
         """True if every element acts as the identity."""
+        if len(self.fields) > 1:
+            return all(f.is_trivial() for f in self.fields)
         iso = self.isotypic()
         return len(iso.irreps) == 1 and iso.irreps[0].is_trivial()
 
@@ -381,6 +394,13 @@ class DirectSum(Representation):
             o += p.dim
         return torch.cat(out, dim=1)
 
+    def field_blocks(self):
+        out, o = [], 0
+        for p in self.parts:
+            out.extend((f, idx + o) for f, idx in p.field_blocks())
+            o += p.dim
+        return out
+
     def _decompose(self):
         irreps, Qs = [], []
         for p in self.parts:
@@ -406,6 +426,23 @@ class TensorProduct(Representation):
     @property
     def factors(self):
         return self.a.factors + self.b.factors
+
+    def field_blocks(self):
+        ba, bb = self.a.field_blocks(), self.b.field_blocks()
+        if len(ba) == 1 and len(bb) == 1:
+            return [(self, torch.arange(self.dim))]
+        out = []
+        for fa, ia in ba:
+            for fb, ib in bb:
+                idx = (ia[:, None] * self.b.dim + ib[None, :]).reshape(-1)
+                if fa.dim == 1 and fa.is_trivial():
+                    field = fb
+                elif fb.dim == 1 and fb.is_trivial():
+                    field = fa
+                else:
+                    field = _tensor_field(fa, fb)
+                out.append((field, idx))
+        return out
 
     @property
     def band_limit(self):
@@ -449,6 +486,15 @@ class TensorProduct(Representation):
                 irreps.extend(sub.irreps)
                 col += k
         return Decomposition(tuple(irreps), Q)
+
+
+def _tensor_field(a: Representation, b: Representation) -> "TensorProduct":
+    """``a (x) b``, one object per pair of keys (so field types compare equal and share caches)."""
+    cache = a.group._decomposition_cache
+    key = ("tensor-field", a.key, b.key)
+    if key not in cache:
+        cache[key] = TensorProduct(a, b)
+    return cache[key]
 
 
 def _irrep_pair_decomposition(pa: Irrep, pb: Irrep) -> Decomposition:

@@ -8,6 +8,7 @@ equivariant baseline). :class:`PointwiseNonlinearity`,
 
 from ._conv import RepConv2d, RepConv3d
 from ._linear import RepLinear
-from ._nonlinear import GatedNonlinearity, NormNonlinearity, PointwiseNonlinearity
+from ._nonlinear import GatedNonlinearity, NormNonlinearity, PointwiseNonlinearity, TensorSquare
 
-__all__ = ["RepLinear", "RepConv2d", "RepConv3d", "PointwiseNonlinearity", "NormNonlinearity", "GatedNonlinearity"]
+__all__ = ["RepLinear", "RepConv2d", "RepConv3d", "PointwiseNonlinearity", "NormNonlinearity", "GatedNonlinearity",
+           "TensorSquare"]

@@ -16,17 +16,13 @@ from torch import nn
 from ..actions import FieldLayout
 from ..groups import Representation
 
-__all__ = ["PointwiseNonlinearity", "NormNonlinearity", "GatedNonlinearity"]
+__all__ = ["PointwiseNonlinearity", "NormNonlinearity", "GatedNonlinearity", "TensorSquare"]
 
 
 def _acts_by_permutation(rep: Representation) -> bool:
     if rep.permutation is not None:
         return True
-    try:
-        iso = rep.isotypic()
-    except Exception:  # pragma: no cover - defensive
-        return False
-    return len(iso.irreps) == 1 and iso.irreps[0].is_trivial()
+    return all(f.is_trivial() for f in rep.fields)
 
 
 class PointwiseNonlinearity(nn.Module):
@@ -132,3 +128,30 @@ class GatedNonlinearity(nn.Module):
         s, g, v = torch.split(x, [self.n_scalars, self.n_gates, self.gated.dim], dim=-1)
         gates = self.gate_fn(g).index_select(-1, self.gate_index)
         return torch.cat([self.scalar_fn(s), v * gates], dim=-1)
+
+
+class TensorSquare(nn.Module):
+    r"""``x -> x (x) x``: an equivariant quadratic map from ``rep`` to ``rep * rep``.
+
+    For orthogonal ``rho``, ``(rho(g) x) (x) (rho(g) x) = (rho(g) (x) rho(g)) (x (x) x)``, so the map
+    commutes with the action; followed by a linear layer from ``out_rep`` it yields inner
+    products, outer products and other bilinear features (as in EMLP's bilinear layers).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from equiproj.groups import so3
+    >>> sq = TensorSquare(so3().standard())
+    >>> sq.out_rep.dim, sq(torch.ones(2, 3)).shape
+    (9, torch.Size([2, 9]))
+    """
+
+    def __init__(self, rep: Representation):
+        super().__init__()
+        self.rep = rep
+        self.out_rep = rep * rep
+
+    def forward(self, x):
+        if x.shape[-1] != self.rep.dim:
+            raise ValueError(f"TensorSquare expects last dimension {self.rep.dim}, got {x.shape[-1]}")
+        return (x[..., :, None] * x[..., None, :]).flatten(-2)

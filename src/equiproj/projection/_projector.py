@@ -50,7 +50,7 @@ def make_pair(t_out: Representation, t_in: Representation, route: str) -> PairPr
             c = _PAIR_CLASSES[name].cost(t_out, t_in)
             if c is not None:
                 options.append((c, name, None))
-        if BasisPair.cost(t_out, t_in) is not None:
+        if BasisPair.cost(t_out, t_in) is not None or not options:
             try:
                 b = make_pair(t_out, t_in, "basis")
                 options.append((b.entry_cost(), "basis", b))

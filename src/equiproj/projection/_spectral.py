@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..groups import Representation
-from ._base import PairProjector
+from ._base import PairProjector, RouteNotApplicable
 
 __all__ = ["SpectralPair"]
 
@@ -29,6 +29,11 @@ class SpectralPair(PairProjector):
     route = "spectral"
 
     def __init__(self, t_out: Representation, t_in: Representation):
+        if not t_out.group.has_irreps:
+            raise RouteNotApplicable(
+                f"route 'spectral' needs the irreps of {t_out.group.name}, which equiproj does not provide: "
+                "use route='basis'"
+            )
         super().__init__(t_out, t_in)
         iso_o, iso_i = t_out.isotypic(), t_in.isotypic()
         self._Qo, self._Qi = iso_o.Q, iso_i.Q
@@ -48,6 +53,8 @@ class SpectralPair(PairProjector):
 
     @classmethod
     def cost(cls, t_out, t_in):
+        if not t_out.group.has_irreps:
+            return None
         return 2.0 * (t_out.dim + t_in.dim) + 40.0
 
     def project(self, X):
