@@ -1,0 +1,166 @@
+"""The ci presets of the experiments, the sweep/report machinery and the command line."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from equiproj.cli import main
+from equiproj.experiments import RunConfig, available_experiments, report, run, sweep
+from equiproj.experiments.so2_toy import CircularHarmonicNet, FrequencyMaskProjector
+from equiproj.groups import so2
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("experiments"))
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("EQUIPROJ_CACHE", str(tmp_path_factory.getbasetemp() / "data-cache"))
+
+
+# ------------------------------------------------------------------ so2-toy
+
+
+def test_frequency_mask_is_the_group_average():
+    """P(W)_ab = 1/(2 pi) int e^{i m_a phi} W_ab e^{-i m_b phi} d phi, by exact quadrature."""
+    f_in, f_out = torch.tensor([-2, -1, 0, 1, 2, 1]), torch.tensor([0, 1, -1, 2, 1])
+    P = FrequencyMaskProjector(f_in, f_out)
+    W = torch.randn(5, 6, dtype=torch.complex128)
+    phi, w = so2().quadrature(4)
+    ph = torch.exp(1j * phi[:, None, None] * (f_out[None, :, None] - f_in[None, None, :]))
+    avg = torch.einsum("q,qab,ab->ab", w.to(torch.complex128), ph, W)
+    assert torch.allclose(P.project(W), avg, atol=1e-12)
+
+
+def test_strict_harmonic_net_is_exactly_invariant():
+    from equiproj import constrain_
+    from equiproj.data import rotate_points
+
+    torch.manual_seed(0)
+    net = constrain_(CircularHarmonicNet(hidden_per_frequency=2).double())
+    x = torch.randn(30, 2, dtype=torch.float64)
+    for a in (0.3, 1.7, 4.0):
+        assert torch.allclose(net(rotate_points(x, a)), net(x), atol=1e-9)
+
+
+def test_so2_toy_invariance_error_falls_with_lambda_perp(out):
+    rows = sweep("so2-toy", out, {"lambda_perp": [0.0, 1e-2, 1.0]}, base=dict(preset="ci"), progress=False)
+    err = {r["lambda_perp"]: r["invariance_error"] for r in rows}
+    assert err[0.0] > 0.5 > err[1e-2] > err[1.0]
+    assert all(r["train_accuracy"] > 0.95 for r in rows)  # the wedge separates by radius
+    mlp = run(RunConfig("so2-toy", method="plain", options={"arch": "mlp"}), out, progress=False)
+    strict = run(RunConfig("so2-toy", method="strict"), out, progress=False)
+    assert mlp["invariance_error"] > 0.5
+    assert strict["invariance_error"] < 1e-6
+    # on symmetric rings strict equivariance costs nothing; on broken rings it costs accuracy
+    r0 = run(RunConfig("so2-toy", method="strict", level=0.0, options={"dataset": "rings"}), out, progress=False)
+    r1 = run(RunConfig("so2-toy", method="strict", level=1.0, options={"dataset": "rings"}), out, progress=False)
+    p1 = run(RunConfig("so2-toy", method="plain", level=1.0, options={"dataset": "rings"}), out, progress=False)
+    assert r0["test_accuracy"] > 0.97 and r1["test_accuracy"] < p1["test_accuracy"]
+
+
+# ------------------------------------------------------------------ vectors
+
+
+def test_vectors_ci_behaviour(out):
+    def mi(method, lp=0.0, c=0.0, **opts):
+        cfg = RunConfig("vectors", method=method, lambda_perp=lp, level=c,
+                        options=dict(task="modified_inertia", **opts))
+        return run(cfg, out, progress=False)
+
+    # c = 0: the exact symmetry helps, the strict model is at least as accurate as the plain MLP
+    assert mi("strict")["test_mse"] <= mi("plain", arch="mlp")["test_mse"]
+    # c = 0.3: an intermediate lambda_perp beats both the plain and the strict model
+    plain, strict = mi("plain", c=0.3, arch="mlp"), mi("strict", c=0.3)
+    proj = {lp: mi("projection", lp, c=0.3) for lp in (1e-3, 3e-2, 1.0)}
+    assert proj[3e-2]["test_mse"] < min(plain["test_mse"], strict["test_mse"])
+    # the error under rotation falls as lambda_perp grows
+    e = [proj[lp]["equivariance_error"] for lp in (1e-3, 3e-2, 1.0)]
+    assert e[0] > e[1] > e[2], e
+    assert strict["equivariance_error"] < 1e-5 < plain["equivariance_error"]
+
+
+def test_vectors_o5_basis_route_runs(out):
+    r = run(RunConfig("vectors", method="strict", steps=50, options={"task": "o5"}), out, progress=False)
+    assert r["equivariance_error"] < 1e-5 and r["test_mse"] > 0
+
+
+# ------------------------------------------------------------------ machinery
+
+
+def test_run_is_resumable_and_results_are_collected(out):
+    cfg = RunConfig("so2-toy", method="projection", lambda_perp=0.1, steps=20)
+    first = run(cfg, out, progress=False)
+    folder = f"{out}/runs/{cfg.run_id()}"
+    mtime = (pytest.importorskip("pathlib").Path(folder) / "metrics.json").stat().st_mtime
+    again = run(cfg, out, progress=False)
+    assert again == first
+    assert (pytest.importorskip("pathlib").Path(folder) / "metrics.json").stat().st_mtime == mtime
+    lines = open(f"{out}/results.csv").read().strip().splitlines()
+    assert len(lines) - 1 == len(set(l.split(",")[0] for l in lines[1:]))  # one row per run
+    assert json.load(open(f"{folder}/layers.json"))[0]["group"] == "SO(2)"
+
+
+def test_report_writes_tables_and_figures(out):
+    text = report(out)
+    assert "## so2-toy" in text and "## vectors" in text
+    assert "figures/so2_toy_wedge_boundaries.png" in text
+    import pathlib
+
+    for name in ("so2_toy_wedge_boundaries.png", "report.md"):
+        p = pathlib.Path(out) / ("figures" if name.endswith(".png") else "") / name
+        assert p.exists() and p.stat().st_size > 1000
+
+
+def test_clear_errors():
+    with pytest.raises(ValueError, match="unknown experiment 'toy'.*so2-toy"):
+        run(RunConfig("toy"), "unused")
+    with pytest.raises(ValueError, match="method 'eqreg' is not available for experiment 'so2-toy'"):
+        run(RunConfig("so2-toy", method="eqreg"), "unused")
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        run(RunConfig("so2-toy", preset="huge"), "unused")
+    with pytest.raises(ValueError, match="option task must be"):
+        run(RunConfig("vectors", options={"task": "o7"}), "unused")
+    with pytest.raises(ValueError, match="lambda_perp must be >= 0"):
+        run(RunConfig("so2-toy", lambda_perp=-1.0), "unused")
+    assert {"so2-toy", "vectors"} <= set(available_experiments())
+
+
+# ------------------------------------------------------------------ command line
+
+
+def test_cli(out, capsys, tmp_path):
+    assert main(["list"]) == 0
+    text = capsys.readouterr().out
+    assert "so2-toy" in text and "sample-output" in text
+    assert main(["run", "so2-toy", "--method", "nope", "--out", str(tmp_path)]) == 2
+    assert "method 'nope' is not available" in capsys.readouterr().err
+    assert main(["run", "so2-toy", "--lambda-perp", "0.01", "--steps", "10", "--quiet", "--out", str(tmp_path)]) == 0
+    assert "invariance_error" in capsys.readouterr().out
+    assert main(["sweep", "so2-toy", "--methods", "projection", "--lambda-perp", "0", "1", "--steps", "10",
+                 "--quiet", "--out", str(tmp_path)]) == 0
+    assert main(["report", str(tmp_path)]) == 0
+    assert (tmp_path / "report.md").exists()
+    with pytest.raises(SystemExit):
+        main(["run", "so2-toy", "--option", "novalue", "--out", str(tmp_path)])
+    assert main(["report", str(tmp_path / "empty")]) == 2
+
+
+def test_console_script_is_installed():
+    r = subprocess.run([sys.executable, "-m", "equiproj.cli", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "demo" in r.stdout and "sweep" in r.stdout
+
+
+def test_demo_quick(tmp_path):
+    from equiproj.experiments.demo import demo
+
+    path = demo(str(tmp_path), progress=False, quick=True)
+    text = path.read_text()
+    assert "# equiproj demo" in text and "## vectors" in text and "Per-layer report" in text
+    figs = list((tmp_path / "figures").glob("*.png"))
+    assert len(figs) >= 3
