@@ -90,3 +90,49 @@ def test_so3_irreps_match_r3conv(lin, lout):
     Qk = Q.T.reshape(-1, 2 * lout + 1, 2 * lin + 1, k, k, k)
     X = torch.einsum("ab,nbcxyz,dc->nadxyz", To, Qk, Ti).permute(0, 1, 2, 5, 4, 3).flip(-1)
     _same_span(E, X.reshape(X.shape[0], -1).T)
+
+
+# ------------------------------------------------------------------ interop: escnn types in equiproj
+
+from equiproj.interop.escnn import EscnnRepresentation, from_escnn, group_from_escnn  # noqa: E402
+
+
+def test_group_mapping_and_matrices():
+    from escnn import group as eg
+
+    assert group_from_escnn(eg.cyclic_group(8)) == cyclic(8)
+    assert group_from_escnn(eg.so3_group(2)) == so3()
+    C8 = eg.cyclic_group(8)
+    rep = from_escnn(C8.regular_representation)
+    assert rep.permutation is not None and rep.group == cyclic(8)
+    D = eg.dihedral_group(4)
+    rd = from_escnn(D.irrep(1, 1))
+    from equiproj.groups import dihedral
+
+    G = dihedral(4)
+    assert torch.allclose(rd(G.elements(), dtype=F64), G.standard()(G.elements(), dtype=F64), atol=1e-12)
+    S = from_escnn(eg.so3_group(3).irrep(2))
+    assert isinstance(S, EscnnRepresentation)
+    g = so3().sample(4, generator=torch.Generator().manual_seed(0))
+    h = so3().sample(4, generator=torch.Generator().manual_seed(1))
+    assert (S(so3().compose(g, h), dtype=F64) - S(g, dtype=F64) @ S(h, dtype=F64)).abs().max() < 1e-10
+    assert [p.label for p in S.isotypic().irreps] == [2]
+
+
+def test_field_types_drive_our_layers_and_match_escnn():
+    gs = gspaces.rot2dOnR2(8)
+    ft_in = enn.FieldType(gs, [gs.regular_repr, gs.irrep(1)])
+    ft_out = enn.FieldType(gs, [gs.regular_repr])
+    E = _escnn_span(enn.R2Conv(ft_in, ft_out, kernel_size=5, bias=False))
+    _same_span(E, _our_span(from_escnn(ft_in), from_escnn(ft_out), (5, 5)))
+
+
+def test_so3_field_types_in_escnn_basis():
+    gs = gspaces.rot3dOnR3(maximum_frequency=4)
+    ir = gs.fibergroup.irrep
+    ft_in, ft_out = enn.FieldType(gs, [ir(1)]), enn.FieldType(gs, [ir(0), ir(2)])
+    k = 3
+    E = _escnn_span(enn.R3Conv(ft_in, ft_out, kernel_size=k, bias=False))
+    Q = _our_span(from_escnn(ft_in), from_escnn(ft_out), (k, k, k))
+    X = Q.T.reshape(-1, 6, 3, k, k, k).permute(0, 1, 2, 5, 4, 3).flip(-1)  # escnn's voxel frame
+    _same_span(E, X.reshape(X.shape[0], -1).T)
