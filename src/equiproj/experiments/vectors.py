@@ -11,7 +11,9 @@ to a few vectors ``b`` (a linear layer), forms the bilinear features ``b (x) b``
 (:class:`equiproj.nn.TensorSquare`), and applies a linear layer and a gated nonlinearity to
 ``[h, b (x) b]``. Its weights are free; the methods pull them towards equivariance (projection
 penalty, RPP, PER, sampled penalties) or constrain them (strict). ``arch=mlp``: a plain MLP on
-the raw coordinates (method ``plain``), the non-equivariant reference.
+the raw coordinates (method ``plain``), the non-equivariant reference. ``model=small`` shrinks the
+equivariant MLP so that PER's dense per-layer projectors fit in memory (with the default model
+PER's memory guard refuses: one layer would need a 39.7 GB matrix).
 
 Initialisation: the regularised models start from the equivariant projection of their random
 initialisation (the strict model's starting point; RPP's free path likewise starts at zero), so
@@ -123,9 +125,11 @@ class VectorsExperiment(Experiment):
 
     def check(self, cfg: RunConfig) -> None:
         super().check(cfg)
-        unknown = set(cfg.options) - {"task", "arch", "init"}
+        unknown = set(cfg.options) - {"task", "arch", "init", "model"}
         if unknown:
-            raise ValueError(f"unknown options for vectors: {sorted(unknown)} (known: task, arch, init)")
+            raise ValueError(f"unknown options for vectors: {sorted(unknown)} (known: task, arch, init, model)")
+        if cfg.options.get("model", "default") not in ("default", "small"):
+            raise ValueError(f"option model must be 'default' or 'small', got {cfg.options['model']!r}")
         if cfg.options.get("init", "equivariant") not in ("equivariant", "random"):
             raise ValueError(f"option init must be 'equivariant' or 'random', got {cfg.options['init']!r}")
         task = cfg.options.get("task", "modified_inertia")
@@ -150,6 +154,8 @@ class VectorsExperiment(Experiment):
         G, rin, rout = task_representations(task)
         torch.manual_seed(cfg.seed)
         if arch == "emlp":
+            if cfg.options.get("model", "default") == "small":  # small enough for PER's dense matrices
+                preset = dict(preset, n_scalars=8, n_vectors=6, n_bilinear=5, n_bilinear_scalars=2)
             model = EquivariantMLP(rin, rout, preset["n_scalars"], preset["n_vectors"], preset["n_bilinear"],
                                    preset["depth"], preset["n_bilinear_scalars"])
             if cfg.options.get("init", "equivariant") == "equivariant" and cfg.method != "plain":
