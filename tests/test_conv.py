@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from equiproj import (Projector, ProjectionRegulariser, constrain_, declare, declare_model, format_report,
+from equiproj import (Projector, ProjectionRegulariser, declare, declare_model, format_report,
                       project_)
 from equiproj.actions import (KernelAction, SteerableConfig, feature_map_action, grid_representation,
                               harmonic_representation, harmonics, transform_feature_map)

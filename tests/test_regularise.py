@@ -4,8 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from equiproj import (LinearProjector, ProjectionRegulariser, constrain_, declare, format_report, project_,
-                      unconstrain_)
+from equiproj import (LinearProjector, ProjectionRegulariser, constrain_, declare, format_report, unconstrain_)
 from equiproj.groups import cyclic, o3, so3
 from equiproj.metrics import equivariance_error
 from equiproj.nn import GatedNonlinearity, PointwiseNonlinearity, RepLinear
@@ -71,7 +70,7 @@ def test_lambda_G_gradient_lies_in_the_equivariant_subspace():
     model = c4_mlp(F64)
     reg = ProjectionRegulariser(model, lambda_perp=0.0, lambda_G=1.0)
     reg().backward()
-    W, grad = model[2].weight, model[2].weight.grad
+    grad = model[2].weight.grad
     P = model[2].projector
     assert torch.allclose(P.project(grad), grad, atol=1e-12)
     assert grad.abs().max() > 0

@@ -22,7 +22,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-from ..groups import FiniteGroup, Group, PermutationRep, Representation
+from ..groups import Group, PermutationRep, Representation
 
 __all__ = ["grid_coordinates", "grid_permutation", "grid_representation", "geometric_dim",
            "transform_feature_map", "feature_map_action"]

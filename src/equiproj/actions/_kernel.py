@@ -15,7 +15,7 @@ subspace is the steerable basis (route ``'basis'``).
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import torch
 from torch import nn

@@ -22,7 +22,6 @@ Lang and Weiler 2022): rings at ``0, 1, ..., (k-1)//2``, widths 0.6 (0.4 for the
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Tuple

@@ -9,10 +9,9 @@ from torch import nn
 
 from ..actions import transform_feature_map
 from ..regularise import declared_layers
-from ._base import Method, register_method
-from ._sample import run_copies, transformed_inputs
-from ._util import (ElementSampler, as_action, check_options, default_input_fn, infer_group, nonneg_float,
-                    pos_int)
+from ._base import register_method
+from ._sample import SampledMethod, run_copies, transformed_inputs
+from ._util import as_action, check_options, infer_group, nonneg_float, pos_int
 
 __all__ = ["EqRegMethod"]
 
@@ -45,7 +44,7 @@ def _feature_action(module: nn.Module, rep) -> Callable[[torch.Tensor, torch.Ten
 
 
 @register_method("eqreg")
-class EqRegMethod(Method):
+class EqRegMethod(SampledMethod):
     r"""Feature-level sample-based regulariser in the style of EQ-Reg (Bai, Fu, Xie, Meng 2025).
 
     The batch and ``n`` transformed copies go through the model; at every declared layer
@@ -129,16 +128,7 @@ class EqRegMethod(Method):
                                  f"penalty samples {self.group.name}")
         self._feature_acts = {name: _feature_action(m, spec.projector.action.bias_rep)
                               for name, m, spec in self.layers}
-        if input_fn is not None and not callable(input_fn):
-            raise TypeError(f"method {self.name!r}: option input_fn must be callable, got {type(input_fn).__name__}")
-        self.input_fn = input_fn or default_input_fn
-        self.sampler = ElementSampler(seed)
-        self.include_identity = bool(include_identity)
-        self.batched = bool(batched)
-
-    def sample(self) -> torch.Tensor:
-        """The elements of one step (advances the method's generator)."""
-        return self.sampler.sample(self.group, self.k, self.include_identity)
+        self._init_sampling(input_fn, seed, include_identity, batched)
 
     def _capture(self, x: torch.Tensor, copies: List[torch.Tensor]):
         store: Dict[str, List[torch.Tensor]] = {name: [] for name, _, _ in self.layers}

@@ -9,7 +9,7 @@ the group action on them: ``(r . f)[c, h](x) = f[c, h - r](r^{-1} x)``.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 from torch import nn
@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from ..actions import transform_feature_map
 from ..groups import cyclic
 from ._base import Method, register_method
-from ._util import check_options, nonneg_float, pos_int
+from ._util import check_options, nonneg_float
 
 __all__ = ["RelaxedLiftingConv2d", "RelaxedGroupConv2d", "GroupPool2d", "relaxed_cnn", "rotate_kernels",
            "RelaxedMethod"]

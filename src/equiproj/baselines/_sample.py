@@ -36,8 +36,27 @@ def run_copies(model: nn.Module, x: torch.Tensor, copies: List[torch.Tensor], ba
     return list(out.split(B, dim=0))
 
 
+class SampledMethod(Method):
+    """Shared part of the methods that sample group elements and run transformed copies of the
+    batch (:class:`SampleOutputMethod`, :class:`~equiproj.baselines.EqRegMethod`)."""
+
+    needs_batch = True
+
+    def _init_sampling(self, input_fn, seed: int, include_identity: bool, batched: bool) -> None:
+        if input_fn is not None and not callable(input_fn):
+            raise TypeError(f"method {self.name!r}: option input_fn must be callable, got {type(input_fn).__name__}")
+        self.input_fn = input_fn or default_input_fn
+        self.sampler = ElementSampler(seed)
+        self.include_identity = bool(include_identity)
+        self.batched = bool(batched)
+
+    def sample(self) -> torch.Tensor:
+        """The elements of one step (advances the method's generator)."""
+        return self.sampler.sample(self.group, self.k, self.include_identity)
+
+
 @register_method("sample-output")
-class SampleOutputMethod(Method):
+class SampleOutputMethod(SampledMethod):
     r"""Sample-based output regulariser: the model's equivariance error at sampled elements.
 
     .. math::
@@ -110,16 +129,7 @@ class SampleOutputMethod(Method):
         self.act_in = as_action(self.name, "act_in", act_in)
         self.act_out = as_action(self.name, "act_out", act_out)
         self.group = infer_group(self.name, group, act_in, act_out)
-        if input_fn is not None and not callable(input_fn):
-            raise TypeError(f"method {self.name!r}: option input_fn must be callable, got {type(input_fn).__name__}")
-        self.input_fn = input_fn or default_input_fn
-        self.sampler = ElementSampler(seed)
-        self.include_identity = bool(include_identity)
-        self.batched = bool(batched)
-
-    def sample(self) -> torch.Tensor:
-        """The elements of one step (advances the method's generator)."""
-        return self.sampler.sample(self.group, self.k, self.include_identity)
+        self._init_sampling(input_fn, seed, include_identity, batched)
 
     def penalty(self, batch=None) -> torch.Tensor:
         if batch is None:

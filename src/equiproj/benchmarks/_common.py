@@ -11,7 +11,8 @@ import torch
 
 from .._io import atomic_write_json, atomic_write_text
 
-__all__ = ["device_description", "measure", "write_json_atomic", "write_text_atomic", "saved_tensor_bytes"]
+__all__ = ["device_description", "measure", "write_json_atomic", "write_text_atomic", "saved_tensor_bytes",
+           "save_benchmark"]
 
 
 def device_description(device: torch.device) -> str:
@@ -76,3 +77,15 @@ def write_json_atomic(path: str, data: Dict) -> None:
 def write_text_atomic(path: str, text: str) -> None:
     """Write text through a temporary file and an atomic rename (see :func:`equiproj._io.atomic_write_text`)."""
     atomic_write_text(path, text)
+
+
+def save_benchmark(result: Dict, json_path: str, markdown_path: str, to_markdown: Callable[[Dict, str], str],
+                   script: str, argv) -> Dict:
+    """Write a benchmark's JSON and Markdown table (with the command that made them)."""
+    import sys
+
+    args = argv if argv is not None else sys.argv[1:]
+    write_json_atomic(json_path, result)
+    write_text_atomic(markdown_path, to_markdown(result, f"python {script} {' '.join(args)}".strip()))
+    print(f"wrote {json_path} and {markdown_path}")
+    return result

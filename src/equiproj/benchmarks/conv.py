@@ -26,7 +26,7 @@ from ..groups import cyclic, so3
 from ..models import CNN3d, UNet2d
 from ..projection import clear_pair_cache
 from ..regularise import ProjectionRegulariser, declare_model, declared_layers
-from ._common import device_description, measure, write_json_atomic, write_text_atomic
+from ._common import device_description, measure, save_benchmark
 
 __all__ = ["run", "to_markdown", "main", "PRESETS"]
 
@@ -160,15 +160,9 @@ def main(argv=None) -> Dict:
     ap.add_argument("--markdown", default=None)
     args = ap.parse_args(argv)
     res = run(args.preset, device=args.device, repeats=args.repeats)
-    js = args.json or f"benchmarks/results/conv-{args.preset}.json"
-    md = args.markdown or f"docs/benchmarks/conv-{args.preset}.md"
-    write_json_atomic(js, res)
-    import sys
-
-    cmd = "python benchmarks/bench_conv.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    write_text_atomic(md, to_markdown(res, cmd.strip()))
-    print(f"wrote {js} and {md}")
-    return res
+    return save_benchmark(res, args.json or f"benchmarks/results/conv-{args.preset}.json",
+                          args.markdown or f"docs/benchmarks/conv-{args.preset}.md", to_markdown,
+                          "benchmarks/bench_conv.py", argv)
 
 
 if __name__ == "__main__":

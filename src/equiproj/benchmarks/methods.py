@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import time
 from typing import Dict, List
 
@@ -40,7 +39,7 @@ from ..groups import cyclic
 from ..models import UNet2d
 from ..nn import RepLinear
 from ..regularise import declare_model
-from ._common import device_description, measure, saved_tensor_bytes, write_json_atomic, write_text_atomic
+from ._common import device_description, measure, save_benchmark, saved_tensor_bytes
 
 __all__ = ["run", "to_markdown", "main", "PRESETS", "METHOD_RUNS"]
 
@@ -296,13 +295,9 @@ def main(argv=None) -> Dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     res = run(args.preset, device=args.device, repeats=args.repeats)
-    js = args.json or f"benchmarks/results/methods-{args.preset}.json"
-    md = args.markdown or f"docs/benchmarks/methods-{args.preset}.md"
-    write_json_atomic(js, res)
-    cmd = "python benchmarks/bench_methods.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    write_text_atomic(md, to_markdown(res, cmd.strip()))
-    print(f"wrote {js} and {md}")
-    return res
+    return save_benchmark(res, args.json or f"benchmarks/results/methods-{args.preset}.json",
+                          args.markdown or f"docs/benchmarks/methods-{args.preset}.md", to_markdown,
+                          "benchmarks/bench_methods.py", argv)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import torch
 
 from ..groups import cyclic, so3
 from ..projection import LinearProjector, RouteNotApplicable, clear_pair_cache
-from ._common import device_description, measure, saved_tensor_bytes, write_json_atomic
+from ._common import device_description, measure, save_benchmark, saved_tensor_bytes
 
 __all__ = ["run", "to_markdown", "main"]
 
@@ -135,13 +135,7 @@ def main(argv=None) -> Dict:
     ap.add_argument("--markdown", default="docs/benchmarks/projection.md")
     args = ap.parse_args(argv)
     res = run(args.widths, device=args.device, repeats=args.repeats)
-    write_json_atomic(args.json, res)
-    from ._common import write_text_atomic
-
-    cmd = "python benchmarks/bench_projection.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
-    write_text_atomic(args.markdown, to_markdown(res, cmd.strip()))
-    print(f"wrote {args.json} and {args.markdown}")
-    return res
+    return save_benchmark(res, args.json, args.markdown, to_markdown, "benchmarks/bench_projection.py", argv)
 
 
 if __name__ == "__main__":

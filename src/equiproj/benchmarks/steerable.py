@@ -21,7 +21,7 @@ from ..actions import feature_map_action
 from ..groups import octahedral, so2, so3
 from ..metrics import equivariance_error
 from ..nn import RepConv2d, RepConv3d
-from ._common import device_description, write_json_atomic, write_text_atomic
+from ._common import device_description, save_benchmark
 
 __all__ = ["run", "to_markdown", "main"]
 
@@ -103,13 +103,7 @@ def main(argv=None) -> Dict:
     ap.add_argument("--markdown", default="docs/benchmarks/steerable-discretisation.md")
     args = ap.parse_args(argv)
     res = run(args.seeds)
-    write_json_atomic(args.json, res)
-    import sys
-
-    cmd = "python benchmarks/bench_steerable.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    write_text_atomic(args.markdown, to_markdown(res, cmd.strip()))
-    print(f"wrote {args.json} and {args.markdown}")
-    return res
+    return save_benchmark(res, args.json, args.markdown, to_markdown, "benchmarks/bench_steerable.py", argv)
 
 
 if __name__ == "__main__":

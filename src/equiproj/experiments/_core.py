@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .._io import atomic_write_json, atomic_write_text
-from ..baselines import available_methods, make_method
+from ..baselines import make_method
 from ..train import TrainConfig, fit, seed_everything, select_device
 
 __all__ = ["RunConfig", "Setup", "Experiment", "register_experiment", "get_experiment", "available_experiments",

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import List, Optional
 
 import numpy as np
 import torch
 
-from .._utils import resolve_dtype
 from ._group import Group
-from ._rep import Irrep, Representation
 
 __all__ = ["SO2", "O2", "SO3", "O3", "so2", "o2", "so3", "o3"]
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .._utils import check_orthogonal, resolve_dtype
+from .._utils import check_orthogonal
 from ._rep import Irrep, PermutationRep, Representation, TableRep
 
 __all__ = ["Group", "FiniteGroup"]

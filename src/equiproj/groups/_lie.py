@@ -10,8 +10,6 @@ not apply.
 from __future__ import annotations
 
 import functools
-import math
-from typing import Optional
 
 import torch
 

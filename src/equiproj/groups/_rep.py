@@ -472,7 +472,7 @@ class TensorProduct(Representation):
         # coordinates after Q_a (x) Q_b: index (alpha, beta); gather the psi_i (x) psi_j blocks
         offs_a = _offsets(da.irreps)
         offs_b = _offsets(db.irreps)
-        irreps, cols_blocks = [], []
+        irreps = []
         Q = torch.zeros(D, D, dtype=_F64)
         col = 0
         QaQb = torch.kron(da.Q, db.Q)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional
 
 from torch import nn
 
@@ -13,16 +13,23 @@ from ..regularise import SPEC_ATTR, constrain_, declare
 __all__ = ["RepConv2d", "RepConv3d"]
 
 
-def _init_rep_conv(module, in_rep, out_rep, route, equivariant, include_bias, steerable, band_limit):
-    module.in_rep, module.out_rep = in_rep, out_rep
-    declare(module, in_rep, out_rep, route=route, include_bias=include_bias, name=type(module).__name__,
-            steerable=steerable, band_limit=band_limit)
-    module.equivariant = bool(equivariant)
-    if equivariant:
-        constrain_(module)
-
-
 class _RepConvMixin:
+    """Shared constructor and helpers of :class:`RepConv2d` and :class:`RepConv3d` (the torch
+    convolution class follows in the MRO)."""
+
+    def __init__(self, in_rep: Representation, out_rep: Representation, kernel_size, stride=1, padding=0,
+                 dilation=1, bias: bool = True, padding_mode: str = "zeros", route: str = "auto",
+                 equivariant: bool = False, include_bias: bool = True, steerable: Optional[SteerableConfig] = None,
+                 band_limit: Optional[int] = None, device=None, dtype=None):
+        super().__init__(in_rep.dim, out_rep.dim, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                         groups=1, bias=bias, padding_mode=padding_mode, device=device, dtype=dtype)
+        self.in_rep, self.out_rep = in_rep, out_rep
+        declare(self, in_rep, out_rep, route=route, include_bias=include_bias, name=type(self).__name__,
+                steerable=steerable, band_limit=band_limit)
+        self.equivariant = bool(equivariant)
+        if equivariant:
+            constrain_(self)
+
     @property
     def projector(self):
         return getattr(self, SPEC_ATTR).projector
@@ -74,14 +81,6 @@ class RepConv2d(_RepConvMixin, nn.Conv2d):
     True
     """
 
-    def __init__(self, in_rep: Representation, out_rep: Representation, kernel_size, stride=1, padding=0,
-                 dilation=1, bias: bool = True, padding_mode: str = "zeros", route: str = "auto",
-                 equivariant: bool = False, include_bias: bool = True, steerable: Optional[SteerableConfig] = None,
-                 band_limit: Optional[int] = None, device=None, dtype=None):
-        super().__init__(in_rep.dim, out_rep.dim, kernel_size, stride=stride, padding=padding, dilation=dilation,
-                         groups=1, bias=bias, padding_mode=padding_mode, device=device, dtype=dtype)
-        _init_rep_conv(self, in_rep, out_rep, route, equivariant, include_bias, steerable, band_limit)
-
 
 class RepConv3d(_RepConvMixin, nn.Conv3d):
     r"""``nn.Conv3d`` from ``in_rep`` to ``out_rep`` fields, declared for regularisation.
@@ -100,11 +99,3 @@ class RepConv3d(_RepConvMixin, nn.Conv3d):
     >>> conv.projector.dim < conv.projector.total_dim
     True
     """
-
-    def __init__(self, in_rep: Representation, out_rep: Representation, kernel_size, stride=1, padding=0,
-                 dilation=1, bias: bool = True, padding_mode: str = "zeros", route: str = "auto",
-                 equivariant: bool = False, include_bias: bool = True, steerable: Optional[SteerableConfig] = None,
-                 band_limit: Optional[int] = None, device=None, dtype=None):
-        super().__init__(in_rep.dim, out_rep.dim, kernel_size, stride=stride, padding=padding, dilation=dilation,
-                         groups=1, bias=bias, padding_mode=padding_mode, device=device, dtype=dtype)
-        _init_rep_conv(self, in_rep, out_rep, route, equivariant, include_bias, steerable, band_limit)
