@@ -5,14 +5,14 @@ from __future__ import annotations
 import platform
 import statistics
 import time
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import torch
 
 from .._io import atomic_write_json, atomic_write_text
 
 __all__ = ["device_description", "measure", "write_json_atomic", "write_text_atomic", "saved_tensor_bytes",
-           "save_benchmark"]
+           "save_benchmark", "format_bytes"]
 
 
 def device_description(device: torch.device) -> str:
@@ -89,3 +89,15 @@ def save_benchmark(result: Dict, json_path: str, markdown_path: str, to_markdown
     write_text_atomic(markdown_path, to_markdown(result, f"python {script} {' '.join(args)}".strip()))
     print(f"wrote {json_path} and {markdown_path}")
     return result
+
+
+def format_bytes(x: Optional[float]) -> str:
+    """``1234567 -> '1.23 MB'`` (decimal units); ``None`` -> ``'–'``."""
+    if x is None:
+        return "–"
+    x = float(x)
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if abs(x) < 1000:
+            return f"{x:.3g} {unit}"
+        x /= 1000
+    return f"{x:.3g} EB"

@@ -26,7 +26,7 @@ from ..groups import cyclic, so3
 from ..models import CNN3d, UNet2d
 from ..projection import clear_pair_cache
 from ..regularise import ProjectionRegulariser, declare_model, declared_layers
-from ._common import device_description, measure, save_benchmark
+from ._common import device_description, format_bytes, measure, save_benchmark
 
 __all__ = ["run", "to_markdown", "main", "PRESETS"]
 
@@ -117,14 +117,6 @@ def run(preset: str = "default", device: str = "cpu", repeats: int = 5, progress
                 torch=torch.__version__)
 
 
-def _b(x: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if x < 1000:
-            return f"{x:.3g} {unit}"
-        x /= 1000
-    return f"{x:.3g} PB"
-
-
 def to_markdown(res: Dict, command: str) -> str:
     p = res["sizes"]
     lines = [
@@ -146,8 +138,8 @@ def to_markdown(res: Dict, command: str) -> str:
     for r in res["rows"]:
         lines.append(
             f"| {r['model']} | {r['route']} | {r['layers']} | {r['step_s'] * 1e3:.1f} | {r['penalty_s'] * 1e3:.2f} | "
-            f"{100 * r['penalty_fraction']:.1f} % | {r['step_ratio']:.3f} | {_b(r['projector_bytes'])} | "
-            f"{_b(r['dense_basis_bytes'])} | {_b(r['dense_projector_bytes'])} |")
+            f"{100 * r['penalty_fraction']:.1f} % | {r['step_ratio']:.3f} | {format_bytes(r['projector_bytes'])} | "
+            f"{format_bytes(r['dense_basis_bytes'])} | {format_bytes(r['dense_projector_bytes'])} |")
     return "\n".join(lines) + "\n"
 
 

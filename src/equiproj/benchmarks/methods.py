@@ -39,7 +39,7 @@ from ..groups import cyclic
 from ..models import UNet2d
 from ..nn import RepLinear
 from ..regularise import declare_model
-from ._common import device_description, measure, save_benchmark, saved_tensor_bytes
+from ._common import device_description, format_bytes, measure, save_benchmark, saved_tensor_bytes
 
 __all__ = ["run", "to_markdown", "main", "PRESETS", "METHOD_RUNS"]
 
@@ -223,14 +223,6 @@ def run(preset: str = "default", device: str = "cpu", repeats=None, progress: bo
                         "stored state"), rows=rows, torch=torch.__version__)
 
 
-def _b(x: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if x < 1000:
-            return f"{x:.3g} {unit}"
-        x /= 1000
-    return f"{x:.3g} PB"
-
-
 def to_markdown(res: Dict, command: str) -> str:
     p = res["sizes"]
     lines = [
@@ -273,7 +265,7 @@ def to_markdown(res: Dict, command: str) -> str:
                 continue
             lines.append(
                 f"| {r['method']} | {k} | {r['step_s'] * 1e3:.2f} | {r.get('step_ratio', float('nan')):.2f} | "
-                f"{_b(r['memory_bytes'])} | {r.get('memory_ratio', float('nan')):.2f} | {_b(r['state_bytes'])} | "
+                f"{format_bytes(r['memory_bytes'])} | {r.get('memory_ratio', float('nan')):.2f} | {format_bytes(r['state_bytes'])} | "
                 f"{r['params']} | {r['build_s']:.2f} |")
         notes = [r for r in res["rows"] if r["model"] == model and r["status"] != "ok"]
         for r in notes:

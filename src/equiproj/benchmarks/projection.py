@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 
 from ..groups import cyclic, so3
 from ..projection import LinearProjector, RouteNotApplicable, clear_pair_cache
-from ._common import device_description, measure, save_benchmark, saved_tensor_bytes
+from ._common import device_description, format_bytes, measure, save_benchmark, saved_tensor_bytes
 
 __all__ = ["run", "to_markdown", "main"]
 
@@ -87,16 +87,6 @@ def run(widths: List[int], families=("C8-regular", "SO3-l<=3"), routes=("spatial
                 torch=torch.__version__, rows=rows)
 
 
-def _fmt_bytes(b: Optional[float]) -> str:
-    if b is None:
-        return "–"
-    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
-        if b < 1000:
-            return f"{b:.3g} {unit}"
-        b /= 1000
-    return f"{b:.3g} EB"
-
-
 def to_markdown(result: Dict, command: str) -> str:
     lines = [
         "## Projection routes against layer width",
@@ -122,7 +112,7 @@ def to_markdown(result: Dict, command: str) -> str:
         lines.append(
             f"| {r['family']} | {r['width']} | {r['route']} | {r['dim']} / {r['total_dim']} | {r['build_s']:.3f} | "
             f"{r['forward_s'] * 1e3:.3f} | {r['forward_backward_s'] * 1e3:.3f} | {ratio:.2f} | "
-            f"{_fmt_bytes(r['state_bytes'])} | {_fmt_bytes(r['saved_bytes'])} | {_fmt_bytes(r['dense_projector_bytes'])} |")
+            f"{format_bytes(r['state_bytes'])} | {format_bytes(r['saved_bytes'])} | {format_bytes(r['dense_projector_bytes'])} |")
     return "\n".join(lines) + "\n"
 
 
