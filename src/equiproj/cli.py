@@ -162,15 +162,11 @@ def _dispatch(args) -> int:
         return 0
     # sweep
     exp = ex.get_experiment(args.experiment)
-    grid: Dict[str, List[Any]] = {}
-    defaults = dict(exp.default_sweep)
-    for field, val in (("method", args.methods), ("lambda_perp", args.lambda_perp), ("lambda_G", args.lambda_G),
-                       ("norm", args.norm), ("route", args.route), ("k", args.k), ("seed", args.seed),
-                       ("level", args.level)):
-        if val is not None:
-            grid[field] = list(val)
-        elif field in defaults:
-            grid[field] = list(defaults[field])
+    given = {f: v for f, v in (("method", args.methods), ("lambda_perp", args.lambda_perp),
+                               ("lambda_G", args.lambda_G), ("norm", args.norm), ("route", args.route),
+                               ("k", args.k), ("seed", args.seed), ("level", args.level)) if v is not None}
+    # the experiment's default grid only when no axis is given at all
+    grid: Dict[str, List[Any]] = {f: list(v) for f, v in (given or exp.default_sweep).items()}
     base = dict(preset=args.preset, steps=args.steps, device=args.device, options=options)
     if "level" not in grid and exp.default_level is not None:
         base["level"] = exp.default_level
