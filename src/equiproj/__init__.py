@@ -24,12 +24,13 @@ from . import actions, groups, metrics, nn, norms, projection
 from .projection import LinearProjector, Projector
 from .actions import transform_feature_map
 from .regularise import (LayerReport, LayerSpec, ProjectionRegulariser, constrain_, declare, declare_model,
-                         declared_layers, format_report, project_, report, unconstrain_)
+                         declared_layers, equivariant_init_, format_report, project_, report, unconstrain_)
 
 __all__ = [
     "groups", "actions", "projection", "norms", "nn", "metrics",
     "LinearProjector", "Projector", "ProjectionRegulariser", "LayerReport", "LayerSpec",
-    "declare", "declare_model", "declared_layers", "project_", "constrain_", "unconstrain_", "report",
+    "declare", "declare_model", "declared_layers", "project_", "equivariant_init_", "constrain_", "unconstrain_",
+    "report",
     "format_report", "transform_feature_map",
     "__version__",
 ]

@@ -67,6 +67,8 @@ def _add_common(p: argparse.ArgumentParser, sweep: bool) -> None:
     p.add_argument("--preset", default="ci", help="size preset: ci (CPU, minutes) or paper (the real size, GPU)")
     p.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:<i>")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (use 1 on a shared or busy CPU: small models slow down badly otherwise)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="experiment-specific option (repeatable), e.g. --option task=inertia")
     p.add_argument("--out", required=True, help="output folder (runs/, results.csv, report.md)")
@@ -97,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job: a few-minute CPU demo writing a report with figures",
                        epilog="example: equiproj demo --out demo-out")
     p.add_argument("--out", required=True)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a busy CPU)")
     p.add_argument("--quiet", action="store_true")
     sub.add_parser("list", help="experiments, their presets, levels and methods; all method names")
     return ap
@@ -117,6 +120,14 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _dispatch(args) -> int:
     from . import experiments as ex
+
+    threads = getattr(args, "threads", None)
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
 
     if args.command == "list":
         from .baselines import available_methods

@@ -31,6 +31,7 @@ from .projection import Projector
 
 __all__ = [
     "LayerSpec", "declare", "declare_model", "declared_layers", "ProjectionRegulariser", "LayerReport", "project_",
+    "equivariant_init_",
     "constrain_", "unconstrain_", "report", "format_report", "SPEC_ATTR",
 ]
 
@@ -408,6 +409,39 @@ def project_(model: nn.Module) -> nn.Module:
             b = _param_target(m, "bias")
             if isinstance(b, torch.Tensor):
                 b.copy_(P.project_bias(b))
+    return model
+
+
+def equivariant_init_(model: nn.Module, rescale: bool = True) -> nn.Module:
+    """Start from the equivariant part of the current initialisation: :func:`project_`, then (with
+    ``rescale``) multiply every declared weight back to its former Frobenius norm, since the
+    projection alone shrinks the weights (by ``sqrt(dim P / dim W)`` on average) and the signal
+    with them through a deep network. Regularised models then begin where the strict model
+    begins, and the penalty controls how much non-equivariance the data pulls in.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from equiproj import equivariant_init_, report
+    >>> from equiproj.nn import RepLinear
+    >>> from equiproj.groups import cyclic
+    >>> layer = RepLinear(cyclic(4).regular(), cyclic(4).regular())
+    >>> n = float(layer.weight.detach().norm())
+    >>> _ = equivariant_init_(layer)
+    >>> r = report(layer)[0]
+    >>> round(r.relative_defect, 6), abs(float(layer.weight.detach().norm()) - n) < 1e-5
+    (0.0, True)
+    """
+    layers = declared_layers(model)
+    with torch.no_grad():
+        norms = [(m, _param_target(m, "weight").norm()) for _, m, _ in layers]
+        project_(model)
+        if rescale:
+            for m, n in norms:
+                w = _param_target(m, "weight")
+                pn = w.norm()
+                if pn > 0:
+                    w.mul_(n / pn)
     return model
 
 

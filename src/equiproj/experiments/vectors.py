@@ -39,7 +39,7 @@ from ..data.vectors import make_vector_task
 from ..groups import o3, orthogonal
 from ..metrics import equivariance_error
 from ..nn import GatedNonlinearity, RepLinear, TensorSquare
-from ..regularise import project_
+from ..regularise import equivariant_init_
 from ..train import TrainConfig
 from ._core import Experiment, RunConfig, Setup, figures_dir, markdown_table, register_experiment, save_figure
 
@@ -159,7 +159,7 @@ class VectorsExperiment(Experiment):
             model = EquivariantMLP(rin, rout, preset["n_scalars"], preset["n_vectors"], preset["n_bilinear"],
                                    preset["depth"], preset["n_bilinear_scalars"])
             if cfg.options.get("init", "equivariant") == "equivariant" and cfg.method != "plain":
-                project_(model)
+                equivariant_init_(model, rescale=False)
         else:
             model = plain_mlp(rin.dim, rout.dim, preset["mlp_hidden"])
         model = model.to(device)
