@@ -204,41 +204,46 @@ class VectorsExperiment(Experiment):
             rs = [r for r in rows if r.get("task") == task]
             parts.append(f"### {task}\n")
             parts.append(markdown_table(rs, ["arch", "method", "norm", "lambda_perp", "level"],
-                                        ["test_mse", "equivariance_error"],
-                                        {"level": "c", "test_mse": "test MSE", "equivariance_error": "equiv. error"}))
+                                        ["test_mse", "equivariance_error", "time_per_step_s"],
+                                        {"level": "c", "test_mse": "test MSE", "equivariance_error": "equiv. error",
+                                         "time_per_step_s": "s / step"}))
             fig = self._lambda_plot(rs, task, out, plt)
             if fig:
                 parts.append(f"\n![{task}: test MSE and equivariance error against lambda_perp]({fig})\n")
         return "\n".join(parts)
 
     def _lambda_plot(self, rows, task, out, plt):
-        proj = [r for r in rows if r["method"] == "projection" and r["lambda_perp"] > 0]
+        """Test MSE and equivariance error against lambda_perp (Frobenius runs), one colour per c;
+        the strict model dashed and the plain MLP dotted in the same colour."""
+        proj = [r for r in rows if r["method"] == "projection" and r["lambda_perp"] > 0 and r.get("norm") == "fro"]
         if len({r["lambda_perp"] for r in proj}) < 2:
             return None
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
-        for lvl in sorted({r.get("level") for r in proj}, key=lambda v: -1 if v is None else v):
+
+        def mean(rs, key):
+            return sum(r[key] for r in rs) / len(rs)
+
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4))
+        levels = sorted({r.get("level") for r in proj}, key=lambda v: -1 if v is None else v)
+        colours = plt.cm.viridis([i / max(1, len(levels) - 1) * 0.85 for i in range(len(levels))])
+        for colour, lvl in zip(colours, levels):
+            lab = "" if lvl is None else f"c={lvl:g}"
             pts = sorted({r["lambda_perp"] for r in proj if r.get("level") == lvl})
-            mse = [sum(r["test_mse"] for r in proj if r["lambda_perp"] == p and r.get("level") == lvl) /
-                   max(1, sum(1 for r in proj if r["lambda_perp"] == p and r.get("level") == lvl)) for p in pts]
-            eq = [sum(r["equivariance_error"] for r in proj if r["lambda_perp"] == p and r.get("level") == lvl) /
-                  max(1, sum(1 for r in proj if r["lambda_perp"] == p and r.get("level") == lvl)) for p in pts]
-            label = "projection" + ("" if lvl is None else f", c={lvl:g}")
-            a1.plot(pts, mse, marker="o", label=label)
-            a2.plot(pts, eq, marker="o", label=label)
-        for name, style in (("strict", "--"), ("plain", ":")):
-            for lvl in sorted({r.get("level") for r in rows if r["method"] == name},
-                              key=lambda v: -1 if v is None else v):
+            groups = [[r for r in proj if r["lambda_perp"] == p and r.get("level") == lvl] for p in pts]
+            a1.plot(pts, [mean(g, "test_mse") for g in groups], marker="o", color=colour, label=f"projection {lab}")
+            a2.plot(pts, [mean(g, "equivariance_error") for g in groups], marker="o", color=colour)
+            for name, style in (("strict", "--"), ("plain", ":")):
                 rs = [r for r in rows if r["method"] == name and r.get("level") == lvl]
                 if rs:
-                    v = sum(r["test_mse"] for r in rs) / len(rs)
-                    a1.axhline(v, ls=style, color="k" if name == "strict" else "gray",
-                               label=f"{name}" + ("" if lvl is None else f", c={lvl:g}"), lw=1)
+                    a1.axhline(mean(rs, "test_mse"), ls=style, color=colour, lw=1,
+                               label=f"{name} {lab}" if name == "strict" else None)
+        a1.plot([], [], ls=":", color="gray", label="plain MLP (dotted)")
         for a in (a1, a2):
             a.set_xscale("log")
+            a.set_yscale("log")
             a.set_xlabel("lambda_perp")
-        a1.set_yscale("log")
-        a1.set_ylabel("test MSE")
-        a2.set_yscale("log")
+        a1.set_ylabel("test MSE (relative)")
         a2.set_ylabel("equivariance error")
-        a1.legend(fontsize=7)
+        a1.legend(fontsize=6, ncol=2)
+        fig.suptitle(f"{task}: projection penalty (Frobenius) against strict (dashed) and plain MLP (dotted)",
+                     fontsize=9)
         return save_figure(fig, figures_dir(out) / f"vectors_{task}_lambda.png")
