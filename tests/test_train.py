@@ -472,6 +472,18 @@ def test_unknown_config_field_and_bad_inputs():
         fit(make_model(), (x, y), cfg, mse, None, regulariser=object(), progress=False)
 
 
+def test_diverging_run_stops_with_a_clear_error(tmp_path):
+    x, y = make_data(n=32)
+    y = y.clone()
+    y[0] = float("inf")  # one corrupt target makes the loss infinite in the batch that holds it
+    cfg = TrainConfig(steps=20, batch_size=8, log_every=5, checkpoint_every=5, device="cpu")
+    with pytest.raises(FloatingPointError, match=r"not finite in the steps up to 5 .*grad_clip"):
+        fit(make_model(), (x, y), cfg, mse, tmp_path / "run", progress=False)
+    # nothing half-written: no result, and no checkpoint of the diverged weights
+    assert not (tmp_path / "run" / RESULT_NAME).exists()
+    assert not (tmp_path / "run" / CHECKPOINT_NAME).exists()
+
+
 def test_cuda_requested_without_cuda(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for spec in ("cuda", "cuda:1"):

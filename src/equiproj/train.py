@@ -302,7 +302,8 @@ class TrainConfig:
     amp_dtype : {"bf16", "fp16"}
         Autocast dtype; ``"fp16"`` adds a gradient scaler.
     grad_clip : float, optional
-        Clip the global gradient norm to this value.
+        Clip the global gradient norm to this value. Whatever the setting, :func:`fit` stops with
+        a ``FloatingPointError`` at the first logged loss that is not finite.
     num_workers : int
         ``DataLoader`` worker processes.
     shuffle : bool
@@ -1029,6 +1030,11 @@ def _fit(model, train_data, config: TrainConfig, loss_fn, out_dir, regulariser, 
                 last = step >= config.steps
                 if step % config.log_every == 0 or last:
                     means = (_mean_across_ranks(acc, info) / acc_n).tolist()
+                    if not all(math.isfinite(v) for v in means):
+                        raise FloatingPointError(
+                            f"fit: the loss is not finite in the steps up to {step} (task {means[0]:.4g}, "
+                            f"penalty {means[1]:.4g}); lower the learning rate or set grad_clip "
+                            f"(the last checkpoint, step {state.checkpoint_step}, is kept)")
                     entry = {"step": step, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
                              "task_loss": means[0], "penalty": means[1], "loss": means[2]}
                     history["train"].append(entry)

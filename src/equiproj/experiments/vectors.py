@@ -116,7 +116,8 @@ class VectorsExperiment(Experiment):
         "ci": dict(data="ci", steps=1500, batch_size=64, lr=1e-2, n_scalars=16, n_vectors=16, n_bilinear=10,
                    n_bilinear_scalars=5, depth=1, mlp_hidden=128, eval_samples=16, grad_clip=1.0),
         "paper": dict(data="paper", steps=20000, batch_size=128, lr=3e-3, n_scalars=32, n_vectors=24,
-                      n_bilinear=12, n_bilinear_scalars=8, depth=2, mlp_hidden=384, eval_samples=64),
+                      n_bilinear=12, n_bilinear_scalars=8, depth=2, mlp_hidden=384, eval_samples=64,
+                      grad_clip=1.0),
     }
     methods = ("projection", "plain", "strict", "sample-output", "rpp", "per")
     level_name = "c (modified inertia)"
