@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from equiproj.cli import main
-from equiproj.experiments import RunConfig, available_experiments, report, run, sweep
+from equiproj.experiments import RunConfig, available_experiments, get_experiment, report, run, sweep
 from equiproj.experiments.so2_toy import CircularHarmonicNet, FrequencyMaskProjector
 from equiproj.groups import so2
 
@@ -104,6 +104,19 @@ def test_run_is_resumable_and_results_are_collected(out):
     lines = open(f"{out}/results.csv").read().strip().splitlines()
     assert len(lines) - 1 == len(set(l.split(",")[0] for l in lines[1:]))  # one row per run
     assert json.load(open(f"{folder}/layers.json"))[0]["group"] == "SO(2)"
+    assert "preset_values" not in lines[0].split(",")  # kept in metrics.json, not in the CSV
+
+
+def test_finished_run_with_other_preset_values_is_refused(out, monkeypatch):
+    cfg = RunConfig("so2-toy", method="projection", lambda_perp=0.1, steps=5)
+    run(cfg, out, progress=False)
+    exp = get_experiment("so2-toy")
+    changed = {name: dict(p) for name, p in exp.presets.items()}
+    key = next(iter(changed["ci"]))
+    changed["ci"][key] = "something else"
+    monkeypatch.setattr(type(exp), "presets", changed)
+    with pytest.raises(ValueError, match=f"other values of preset 'ci' \\({key}: .* -> 'something else'\\)"):
+        run(cfg, out, progress=False)
 
 
 def test_report_writes_tables_and_figures(out):

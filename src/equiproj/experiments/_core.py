@@ -192,18 +192,25 @@ def run(cfg: RunConfig, out: str, progress: bool = True, collect_after: bool = T
     out_p = Path(out)
     run_dir = out_p / "runs" / cfg.run_id()
     metrics_path = run_dir / "metrics.json"
+    preset = dict(exp.presets[cfg.preset])
+    preset_values = json.loads(json.dumps(preset, default=str))  # as stored in metrics.json
     if metrics_path.exists():
         row = json.loads(metrics_path.read_text())
         if row.get("config") == cfg.key():
-            return row
+            old = row.get("preset_values")
+            if old is None or old == preset_values:  # None: written before presets were recorded
+                return row
+            changed = ", ".join(f"{k}: {old.get(k)!r} -> {preset_values.get(k)!r}"
+                                for k in sorted(set(old) | set(preset_values)) if old.get(k) != preset_values.get(k))
+            raise ValueError(f"run {run_dir} was made with other values of preset {cfg.preset!r} ({changed}); "
+                             f"move or delete that folder, or give another --out")
     device = select_device(cfg.device)
     seed_everything(cfg.seed)
-    preset = dict(exp.presets[cfg.preset])
     setup = exp.setup(cfg, preset, device)
     if cfg.steps is not None:
         setup.train_config = dataclasses.replace(setup.train_config, steps=cfg.steps)
     setup.train_config = dataclasses.replace(setup.train_config, seed=cfg.seed, device=str(device),
-                                             meta={"run": cfg.key()})
+                                             meta={"run": cfg.key(), "preset": preset_values})
     method = make_method(cfg.method, setup.model.to(device), **_method_options(cfg, setup))
     t0 = time.perf_counter()
     result = fit(method.model, setup.train_data, setup.train_config, setup.loss_fn, str(run_dir),
@@ -230,7 +237,7 @@ def run(cfg: RunConfig, out: str, progress: bool = True, collect_after: bool = T
     row = {
         "config": cfg.key(), "run_id": cfg.run_id(), **{k: v for k, v in cfg.key().items() if k != "options"},
         **{f"opt_{k}": v for k, v in cfg.options.items()},
-        **metrics, "defect_sum": defect,
+        **metrics, "defect_sum": defect, "preset_values": preset_values,
         "time_per_step_s": result.get("time_per_step_s", float("nan")),
         "throughput": result.get("samples_per_s", float("nan")),
         "train_wall_s": time.perf_counter() - t0, "device": result.get("device", str(device)),
@@ -298,7 +305,7 @@ def collect(out: str) -> List[Dict[str, Any]]:
         keys: List[str] = []
         for r in rows:
             for k in r:
-                if k != "config" and k not in keys:
+                if k not in ("config", "preset_values") and k not in keys:
                     keys.append(k)
         lines = [",".join(keys)]
         for r in rows:
