@@ -6,6 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+# The suite's models are small: one thread is much faster than torch's default on a CI machine's
+# few (often shared) cores, where threads oversubscribe them (measured: 15-30 times on 2 busy cores).
+torch.set_num_threads(1)
+
 from equiproj.groups import cyclic, dihedral, finite_group, o2, o3, orthogonalize, so2, so3, symmetric
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}

@@ -71,11 +71,10 @@ MODELS = {
 
 
 def _options(name, act_in, act_out, k=2):
+    # init="keep": these tests need the random (non-equivariant) weights
     if name == "weight-sample":
-        return dict(k=k, seed=1)
-    if name == "eqreg":
-        return dict(k=k, seed=1, act_in=act_in, act_out=act_out, lambda_=1.0)
-    return dict(k=k, seed=1, act_in=act_in, act_out=act_out, lambda_=1.0)
+        return dict(k=k, seed=1, init="keep")
+    return dict(k=k, seed=1, act_in=act_in, act_out=act_out, lambda_=1.0, init="keep")
 
 
 def _grad_norm(model):
@@ -156,7 +155,7 @@ def test_weight_sample_on_steerable_kernels_uses_grid_symmetries():
     G = so2()
     torch.manual_seed(0)
     conv = nn.Sequential(RepConv2d(G.trivial(), G.irrep(0) + G.irrep(1), 5, padding=2)).double()
-    m = make_method("weight-sample", conv, k=2, seed=0)
+    m = make_method("weight-sample", conv, k=2, seed=0, init="keep")
     pool = m.pools["0"]
     assert torch.allclose(pool.sort().values, torch.tensor([0, 0.5, 1.0, 1.5], dtype=F64) * math.pi)   # quarter turns
     assert float(m.penalty().detach()) > 1e-4
@@ -399,7 +398,7 @@ def _suitable(name, dtype):
             net[2].relaxed_weights.normal_()
         return net, {}, torch.randn(2, 1, 8, 8, dtype=dtype)
     net, ai, ao, x = c4_convnet(dtype)
-    return net, dict(act_in=ai, act_out=ao, seed=0), x
+    return net, dict(act_in=ai, act_out=ao, seed=0, init="keep"), x
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["float64", "float32"])
@@ -445,7 +444,7 @@ def test_unknown_names_and_bad_options_raise_clearly():
         make_method("weight-sample", nn.Sequential(nn.Linear(2, 2)))
     with pytest.raises(ValueError, match="option norm must be 'l1' or 'l2', got 'l3'"):
         make_method("relaxed", relaxed_cnn(), norm="l3")
-    assert SHARED_OPTIONS == {"seed", "act_in", "act_out", "group", "input_fn"}
+    assert SHARED_OPTIONS == {"seed", "act_in", "act_out", "group", "input_fn", "init"}
     make_method("rpp", net, seed=3, group=cyclic(4), input_fn=lambda b: b[0])   # shared: ignored
 
 

@@ -90,6 +90,27 @@ def test_vectors_o5_basis_route_runs(out):
     assert r["equivariance_error"] < 1e-5 and r["test_mse"] > 0
 
 
+def test_training_schemes_in_runs_and_sweeps(out, capsys):
+    from equiproj import DEFAULT_SCHEME
+
+    cfg = RunConfig("vectors", method="projection", lambda_perp=0.1, steps=40, options={"task": "inertia"})
+    assert cfg.scheme == DEFAULT_SCHEME and f"_{DEFAULT_SCHEME}_" in cfg.run_id()
+    assert RunConfig("vectors", method="plain").scheme is None
+    with pytest.raises(ValueError, match="method 'strict' has no training scheme"):
+        run(RunConfig("vectors", method="strict", scheme="split"), out, progress=False)
+    rows = sweep("vectors", out, {"method": ["plain", "projection"], "scheme": ["penalty", "proximal"]},
+                 base=dict(steps=40, lambda_perp=0.1, options={"task": "inertia", "arch": "emlp"}), progress=False)
+    assert sorted((r["method"], r["scheme"]) for r in rows) == [
+        ("plain", None), ("projection", "penalty"), ("projection", "proximal")]  # plain runs once
+    # model selection on the validation MSE: the selected model's metrics beside the final ones
+    r = rows[-1]
+    assert r["reported"] == "final" and r["sel_metric"] == "val_mse" and 0 < r["sel_step"] <= 40
+    assert r["sel_val_mse"] <= r["val_mse"] + 1e-12 and "sel_test_mse" in r
+    assert main(["run", "vectors", "--method", "projection", "--scheme", "split-proximal", "--steps", "20",
+                 "--option", "task=inertia", "--out", out, "--quiet"]) == 0
+    assert "scheme: split-proximal" in capsys.readouterr().out
+
+
 # ------------------------------------------------------------------ machinery
 
 

@@ -506,3 +506,65 @@ def test_progress_bar_with_and_without_tqdm(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # tqdm not installed: no bar, no error
     res = fit(make_model(), (x, y), cfg, mse, None, progress=True)
     assert res["status"] == "finished" and capsys.readouterr().err == ""
+
+
+# ----------------------------------------------------------------------------------------------
+# model selection and early stopping
+# ----------------------------------------------------------------------------------------------
+
+def test_model_selection_keeps_the_best_evaluation_and_resumes(tmp_path):
+    from equiproj.train import BEST_MODEL_NAME, load_best_model
+
+    x, y = make_data(n=48)
+    xv, yv = make_data(n=32, seed=9)
+    yv = 0.4 * yv  # training passes by this target on its way to the training one: the best is in between
+
+    def ev(m):
+        return {"val_mse": float(nn.functional.mse_loss(m(xv), yv))}
+
+    cfg = TrainConfig(steps=30, batch_size=16, lr=0.2, eval_every=3, checkpoint_every=7, select="val_mse",
+                      device="cpu")
+    snapshots = {}
+
+    def keep(step, state):
+        snapshots[step] = {k: v.clone() for k, v in state.model.state_dict().items()}
+
+    a = make_model()
+    res = fit(a, (x, y), cfg, mse, tmp_path / "a", eval_fn=ev, callbacks=[keep], progress=False)
+    evals = {e["step"]: e["val_mse"] for e in res["history"]["eval"]}
+    best_step = min(evals, key=evals.get)
+    assert res["selected"] == {"metric": "val_mse", "step": best_step, "value": evals[best_step]}
+    assert 3 < best_step < 30  # (else the test says nothing)
+    b = make_model(seed=4)
+    assert load_best_model(b, tmp_path / "a")["step"] == best_step
+    assert all(torch.equal(b.state_dict()[k], snapshots[best_step][k]) for k in snapshots[best_step])
+    # interrupted after the best evaluation and resumed: the same selection and weights
+    def stop(step, state):
+        if step == 17:
+            raise StopTraining
+    c = make_model()
+    fit(c, (x, y), cfg, mse, tmp_path / "c", eval_fn=ev, callbacks=[stop], progress=False)
+    res_c = fit(make_model(seed=2), (x, y), cfg, mse, tmp_path / "c", eval_fn=ev, progress=False)
+    assert res_c["selected"] == res["selected"]
+    sa = torch.load(tmp_path / "a" / BEST_MODEL_NAME, weights_only=True)
+    sc = torch.load(tmp_path / "c" / BEST_MODEL_NAME, weights_only=True)
+    assert all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_early_stopping_and_maximised_metric(tmp_path):
+    x, y = make_data(n=32)
+    calls = []
+
+    def rising(m):  # best at the first evaluation, then worse and worse
+        calls.append(1)
+        return {"score": -float(len(calls))}
+
+    cfg = TrainConfig(steps=100, batch_size=8, lr=0.05, eval_every=2, select="-score", patience=3, device="cpu")
+    res = fit(make_model(), (x, y), cfg, mse, tmp_path, eval_fn=rising, progress=False)
+    assert res["stopped_early"] and res["steps"] == 8 and res["selected"]["step"] == 2
+    assert res["history"]["train"][-1]["step"] == 8
+    with pytest.raises(ValueError, match="TrainConfig.patience: expected None unless select"):
+        TrainConfig(patience=3)
+    with pytest.raises(ValueError, match="eval_fn returned no metric 'acc'; it returned"):
+        fit(make_model(), (x, y), TrainConfig(steps=4, batch_size=8, eval_every=2, select="-acc", device="cpu"),
+            mse, None, eval_fn=rising, progress=False)

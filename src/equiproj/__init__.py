@@ -23,14 +23,15 @@ __version__ = "0.1.0"
 from . import actions, groups, metrics, nn, norms, projection
 from .projection import LinearProjector, Projector
 from .actions import transform_feature_map
-from .regularise import (LayerReport, LayerSpec, ProjectionRegulariser, constrain_, declare, declare_model,
-                         declared_layers, equivariant_init_, format_report, project_, report, unconstrain_)
+from .regularise import (DEFAULT_SCHEME, SCHEMES, LayerReport, LayerSpec, ProjectionRegulariser, SplitParametrization,
+                         constrain_, declare, declare_model, declared_layers, equivariant_init_, format_report,
+                         initialise_, project_, report, split_, unconstrain_)
 
 __all__ = [
     "groups", "actions", "projection", "norms", "nn", "metrics",
     "LinearProjector", "Projector", "ProjectionRegulariser", "LayerReport", "LayerSpec",
-    "declare", "declare_model", "declared_layers", "project_", "equivariant_init_", "constrain_", "unconstrain_",
-    "report",
+    "declare", "declare_model", "declared_layers", "project_", "equivariant_init_", "initialise_", "constrain_",
+    "unconstrain_", "split_", "SplitParametrization", "SCHEMES", "DEFAULT_SCHEME", "report",
     "format_report", "transform_feature_map",
     "__version__",
 ]

@@ -7,6 +7,8 @@ Examples::
     equiproj run vectors --method strict --option task=inertia --seed 1 --out runs/vec
     equiproj sweep vectors --methods plain strict projection --lambda-perp 1e-3 1e-2 1e-1 \\
         --levels 0 0.3 --seeds 0 1 2 --option task=modified_inertia --out runs/vec
+    equiproj sweep vectors --methods projection --schemes split penalty proximal --lambda-perp 0.1 1 \\
+        --preset rpp --option arch=emlp384 --out runs/schemes
     equiproj report runs/vec
     equiproj bench projection --widths 64 256
     equiproj list
@@ -60,6 +62,9 @@ def _add_common(p: argparse.ArgumentParser, sweep: bool) -> None:
                    help="penalty norm: fro, fro2, spectral, nuclear, max, l1, l21, ...")
     p.add_argument("--route" + ("s" if sweep else ""), dest="route", nargs=n, default=None,
                    help="projection route: auto, spatial, spectral, basis")
+    p.add_argument("--scheme" + ("s" if sweep else ""), dest="scheme", nargs=n, default=None,
+                   help="training scheme of the projection method: split (default), penalty (the paper's), "
+                        "proximal, split-proximal (see docs/training.md)")
     p.add_argument("--k", type=int, nargs=n, default=None, help="sampled group elements (sample-based methods)")
     p.add_argument("--seed" + ("s" if sweep else ""), dest="seed", type=int, nargs=n, default=None, help="random seed")
     p.add_argument("--level" + ("s" if sweep else ""), dest="level", type=float, nargs=n, default=None,
@@ -163,7 +168,8 @@ def _dispatch(args) -> int:
                            lambda_G=0.0 if args.lambda_G is None else args.lambda_G,
                            norm=args.norm or "fro", route=args.route or "auto", k=args.k or 1,
                            seed=0 if args.seed is None else args.seed, preset=args.preset,
-                           level=args.level, steps=args.steps, device=args.device, options=options)
+                           level=args.level, steps=args.steps, device=args.device, options=options,
+                           scheme=args.scheme)
         if cfg.level is None:
             cfg.level = ex.get_experiment(args.experiment).default_level
         row = ex.run(cfg, args.out, progress=not args.quiet)
@@ -175,6 +181,7 @@ def _dispatch(args) -> int:
     exp = ex.get_experiment(args.experiment)
     given = {f: v for f, v in (("method", args.methods), ("lambda_perp", args.lambda_perp),
                                ("lambda_G", args.lambda_G), ("norm", args.norm), ("route", args.route),
+                               ("scheme", args.scheme),
                                ("k", args.k), ("seed", args.seed), ("level", args.level)) if v is not None}
     # the experiment's default grid only when no axis is given at all
     grid: Dict[str, List[Any]] = {f: list(v) for f, v in (given or exp.default_sweep).items()}

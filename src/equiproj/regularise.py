@@ -13,12 +13,21 @@ For every declared layer ``l`` with weight ``W_l`` and bias ``b_l`` the penalty 
 where ``[W, b]`` is the weight matrix with the bias appended as a column (the affine map), so
 that every norm sees one matrix. ``P(b)`` is the projection onto the invariant vectors of
 ``rho_out``; biases are left out with ``include_bias=False``.
+
+The same objective can be optimised by different *training schemes* (``scheme=`` of
+:class:`ProjectionRegulariser`, see ``docs/training.md``): the penalty added to the loss
+(``"penalty"``, the paper's), the split parametrisation ``W = P(A) + (I - P) B`` with the
+penalty in the loss (``"split"``), an exact proximal step after every optimiser step
+(``"proximal"``), or both (``"split-proximal"``).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Iterator, List, Optional, Tuple
+
+import math
+import warnings
 
 import torch
 from torch import nn
@@ -31,8 +40,9 @@ from .projection import Projector
 
 __all__ = [
     "LayerSpec", "declare", "declare_model", "declared_layers", "ProjectionRegulariser", "LayerReport", "project_",
-    "equivariant_init_",
-    "constrain_", "unconstrain_", "report", "format_report", "SPEC_ATTR",
+    "equivariant_init_", "initialise_", "INIT_MODES",
+    "constrain_", "unconstrain_", "split_", "SplitParametrization", "report", "format_report", "SPEC_ATTR",
+    "SCHEMES", "DEFAULT_SCHEME",
 ]
 
 #: Name of the attribute that marks a declared layer.
@@ -203,45 +213,203 @@ def declared_layers(model: nn.Module) -> List[Tuple[str, nn.Module, LayerSpec]]:
     return out
 
 
-def _weight(module: nn.Module) -> torch.Tensor:
-    return module.weight
+# ---------------------------------------------------------------------------------- parametrisations
+
+#: The training schemes of :class:`ProjectionRegulariser`.
+SCHEMES = ("penalty", "split", "proximal", "split-proximal")
+#: The scheme used when none is given (chosen by the measurements in ``docs/training.md``).
+DEFAULT_SCHEME = "split"
+_PROX_NORMS = ("fro", "fro2")
 
 
-def _bias(module: nn.Module, spec: LayerSpec) -> Optional[torch.Tensor]:
-    b = getattr(module, "bias", None)
-    return b if (spec.include_bias and isinstance(b, torch.Tensor)) else None
+def _has(m: nn.Module, name: str) -> bool:
+    """Whether the layer has a tensor ``name`` (a parametrised one counts)."""
+    return parametrize.is_parametrized(m, name) or isinstance(getattr(m, name, None), torch.Tensor)
 
 
-def _augment(M: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+class SplitParametrization(nn.Module):
+    r"""Parametrisation ``(A, B) -> P(A) + (I - P) B`` of a declared layer's weight (or bias).
+
+    ``P`` is the layer's projector (``project_bias`` for a bias). Since ``P`` is an orthogonal
+    projection, the weight ``W`` it produces has equivariant part ``P(W) = P(A)`` and
+    non-equivariant part ``W - P(W) = (I - P) B``; the gradients of a loss with gradient ``g``
+    with respect to ``W`` are ``P g`` for ``A`` and ``(I - P) g`` for ``B``, so the two parts get
+    their own optimiser state. Evaluated as ``P(A - B) + B``: one projection per forward.
+
+    Registered through ``torch.nn.utils.parametrize`` with two originals
+    (``module.parametrizations.weight.original0`` is ``A``, ``original1`` is ``B``);
+    :meth:`right_inverse` sets ``A = B = W``, so registration keeps the layer's weight, and
+    assigning ``module.weight = W`` makes ``W`` the new weight. See :func:`split_`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch.nn.utils import parametrize
+    >>> from equiproj import LinearProjector
+    >>> from equiproj.groups import cyclic
+    >>> P = LinearProjector(cyclic(4).regular(), cyclic(4).regular())
+    >>> layer = torch.nn.Linear(4, 4, bias=False).double()
+    >>> W = layer.weight.detach().clone()
+    >>> _ = parametrize.register_parametrization(layer, "weight", SplitParametrization(P))
+    >>> bool(torch.allclose(layer.weight, W))                 # starts from the layer's weight
+    True
+    >>> A, B = layer.parametrizations.weight.original0, layer.parametrizations.weight.original1
+    >>> bool(torch.allclose(P.project(layer.weight), P.project(A)))
+    True
+    """
+
+    def __init__(self, projector: Projector, bias: bool = False):
+        super().__init__()
+        self.projector = projector
+        self.bias = bool(bias)
+
+    def project(self, X: torch.Tensor) -> torch.Tensor:
+        return self.projector.project_bias(X) if self.bias else self.projector.project(X)
+
+    def forward(self, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+        return self.project(A - B) + B
+
+    def right_inverse(self, W: torch.Tensor):
+        # two distinct tensors (parametrize may alias the storage of what is returned)
+        return W.detach().clone(), W.detach().clone()
+
+
+def _split_originals(m: nn.Module, name: str) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """``(A, B)`` when ``name`` is parametrised by a :class:`SplitParametrization` alone."""
+    if not parametrize.is_parametrized(m, name):
+        return None
+    plist = getattr(m.parametrizations, name)
+    if len(plist) == 1 and isinstance(plist[0], SplitParametrization):
+        return plist.original0, plist.original1
+    return None
+
+
+def _is_split(m: nn.Module, name: str) -> bool:
+    if not parametrize.is_parametrized(m, name):
+        return False
+    return isinstance(getattr(m.parametrizations, name)[0], SplitParametrization)
+
+
+def _sources(m: nn.Module, name: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The tensors whose equivariant and non-equivariant parts are those of the layer's ``name``:
+    ``(A, B)`` for a split parametrisation (``P(W) = P(A)``, ``W - P(W) = (I - P) B``), else the
+    (possibly parametrised) tensor itself, twice."""
+    ab = _split_originals(m, name)
+    if ab is not None:
+        return ab
+    t = getattr(m, name)
+    return t, t
+
+
+def split_(model: nn.Module, include_bias: Optional[bool] = None) -> nn.Module:
+    r"""Parametrise every declared layer as ``W = P(A) + (I - P) B`` (in place; the weights are kept).
+
+    The weight of each declared layer, and its bias where the bias is penalised
+    (``include_bias``, default each layer's own), gets a :class:`SplitParametrization`, with
+    ``A = B =`` the current tensor, so the model's function does not change. Layers that are
+    already split are left as they are; a layer parametrised otherwise (``constrain_``, RPP)
+    raises. Build the optimiser *afterwards*: ``A`` and ``B`` are new parameters. Used by
+    ``ProjectionRegulariser(scheme="split")``; :func:`unconstrain_` merges them back into plain
+    weights.
+
+    Cost: a second tensor per weight, and its optimiser state (for Adam: twice the optimiser
+    memory of the declared layers); one projection per forward (cached within a training step
+    by :func:`equiproj.train.fit`).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from equiproj import split_
+    >>> from equiproj.nn import RepLinear
+    >>> from equiproj.groups import cyclic
+    >>> layer = RepLinear(cyclic(4).regular(), cyclic(4).regular())
+    >>> x = torch.randn(3, 4)
+    >>> y = layer(x)
+    >>> _ = split_(layer)
+    >>> bool(torch.allclose(layer(x), y)), sorted(n for n, _ in layer.named_parameters())[:2]
+    (True, ['parametrizations.bias.original0', 'parametrizations.bias.original1'])
+    """
+    layers = declared_layers(model)
+    if not layers:
+        raise ValueError("split_: the model has no declared layers: build it from equiproj.nn layers or call "
+                         "equiproj.declare(layer, in_rep, out_rep) first")
+    for name, m, spec in layers:
+        use_bias = spec.include_bias if include_bias is None else include_bias
+        for pname in ("weight", "bias") if use_bias else ("weight",):
+            if not _has(m, pname) or _is_split(m, pname):
+                continue
+            if parametrize.is_parametrized(m, pname):
+                raise ValueError(
+                    f"split_: the {pname} of layer '{name or '<model>'}' is already parametrised (constrain_, RPP "
+                    f"or equivariant=True); the split parametrisation needs an unconstrained layer")
+            parametrize.register_parametrization(m, pname, SplitParametrization(spec.projector, bias=pname == "bias"))
+    return model
+
+
+def _assign(m: nn.Module, name: str, value: torch.Tensor) -> None:
+    """Make ``value`` the layer's effective ``name`` (through the parametrisation's
+    ``right_inverse`` when it has one)."""
+    with torch.no_grad():
+        if parametrize.is_parametrized(m, name):
+            setattr(m, name, value)
+        else:
+            getattr(m, name).copy_(value)
+
+
+# ---------------------------------------------------------------------------------- parts and report
+
+
+def _augment(M: torch.Tensor, b: torch.Tensor, on_rows: bool = True) -> torch.Tensor:
     """``[M, b]`` (the affine map) when the bias lives on the rows of ``M``; otherwise (transposed
-    convolutions, whose bias lives on the columns' side) the block-diagonal ``[[M, 0], [0, b]]``."""
-    if b.shape[0] == M.shape[-2]:
-        return torch.cat([M, b[:, None]], dim=1)
-    top = torch.cat([M, M.new_zeros(M.shape[0], 1)], dim=1)
-    bottom = torch.cat([M.new_zeros(b.shape[0], M.shape[1]), b[:, None]], dim=1)
-    return torch.cat([top, bottom], dim=0)
+    convolutions, whose matrix is that of the adjoint convolution) the block-diagonal
+    ``[[M, 0], [0, b]]``."""
+    if on_rows:
+        return torch.cat([M, b[..., None]], dim=-1)
+    top = torch.cat([M, M.new_zeros(*M.shape[:-1], 1)], dim=-1)
+    bottom = torch.cat([M.new_zeros(*b.shape[:-1], b.shape[-1], M.shape[-1]), b[..., None]], dim=-1)
+    return torch.cat([top, bottom], dim=-2)
 
 
-def layer_parts(module: nn.Module, spec: LayerSpec, kernel: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+def _penalised_bias(m: nn.Module, spec: LayerSpec, include_bias: Optional[bool]) -> bool:
+    use = spec.include_bias if include_bias is None else include_bias
+    return bool(use) and _has(m, "bias")
+
+
+def layer_parts(module: nn.Module, spec: LayerSpec, kernel: bool = False, include_bias: Optional[bool] = None,
+                need_equivariant: bool = True) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
     """Equivariant and non-equivariant parts of the weight matrix with its bias (see
-    :func:`_augment`), as matrices; with ``kernel=True`` the weight in its own shape, no bias."""
+    :func:`_augment`), as matrices; with ``kernel=True`` the weight in its own shape, no bias.
+
+    For a split layer the parts are ``P(A)`` and ``(I - P) B``, which are those of its weight.
+    ``include_bias`` overrides the layer's own setting; with ``need_equivariant=False`` the
+    equivariant part may be returned as ``None`` when it would cost an extra projection.
+    """
     P = spec.projector
+    we, wp = _sources(module, "weight")
     if kernel:
-        PW = P.project(_weight(module))
-        return PW, _weight(module) - PW
-    W = _weight(module)
-    M = P.as_matrix(W)
-    PM = P._project_matrix(M)
-    b = _bias(module, spec)
-    if b is None:
-        return PM, M - PM
-    Pb = P.project_bias(b)
-    return _augment(PM, Pb), _augment(M - PM, b - Pb)
+        PWp = P.project(wp)
+        PWe = PWp if we is wp else (P.project(we) if need_equivariant else None)
+        return PWe, wp - PWp
+    Mp = P.as_matrix(wp)
+    PMp = P._project_matrix(Mp)
+    PMe = PMp if we is wp else (P._project_matrix(P.as_matrix(we)) if need_equivariant else None)
+    if not _penalised_bias(module, spec, include_bias):
+        return PMe, Mp - PMp
+    be, bp = _sources(module, "bias")
+    Pbp = P.project_bias(bp)
+    Pbe = Pbp if be is bp else (P.project_bias(be) if PMe is not None else None)
+    rows = P.action.bias_on_rows
+    eq = _augment(PMe, Pbe, rows) if PMe is not None else None
+    return eq, _augment(Mp - PMp, bp - Pbp, rows)
 
 
 @dataclass
 class LayerReport:
-    """Per-layer equivariance figures (norms of the augmented matrix ``[W, b]``)."""
+    """Per-layer equivariance figures (norms of the augmented matrix ``[W, b]``).
+
+    ``relative_defect`` is ``defect_norm / weight_norm`` (0 for a zero weight); a layer with
+    non-finite weights reports ``nan`` in every field (``finite`` is ``False``).
+    """
 
     name: str
     group: str
@@ -252,6 +420,7 @@ class LayerReport:
     relative_defect: float
     equivariant_dim: int
     total_dim: int
+    finite: bool = True
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -264,19 +433,27 @@ def _report_norm(norm) -> Norm:
     return n
 
 
-def report(model: nn.Module, norm="fro") -> List[LayerReport]:
-    """Per-layer report of every declared layer of ``model`` (see :class:`LayerReport`)."""
+def report(model: nn.Module, norm="fro", include_bias: Optional[bool] = None) -> List[LayerReport]:
+    """Per-layer report of every declared layer of ``model`` (see :class:`LayerReport`).
+
+    ``include_bias`` overrides the layers' own setting (as :class:`ProjectionRegulariser` does).
+    """
     n = _report_norm(norm)
     rows = []
     with torch.no_grad():
         for name, m, spec in declared_layers(model):
-            Peq, Pperp = layer_parts(m, spec, kernel=n.kernel_norm)
-            full = Peq + Pperp
-            wn, en, dn = float(n(full)), float(n(Peq)), float(n(Pperp))
+            Peq, Pperp = layer_parts(m, spec, kernel=n.kernel_norm, include_bias=include_bias)
+            finite = bool(torch.isfinite(Peq).all() and torch.isfinite(Pperp).all())
+            if finite:
+                full = Peq + Pperp
+                wn, en, dn = float(n(full)), float(n(Peq)), float(n(Pperp))
+                rel = dn / wn if wn > 0 else 0.0
+            else:
+                wn = en = dn = rel = float("nan")
             rows.append(LayerReport(
                 name=name or "<model>", group=spec.group.name, norm=n.name, weight_norm=wn,
-                equivariant_norm=en, defect_norm=dn, relative_defect=dn / wn if wn > 0 else 0.0,
-                equivariant_dim=spec.projector.dim, total_dim=spec.projector.total_dim,
+                equivariant_norm=en, defect_norm=dn, relative_defect=rel,
+                equivariant_dim=spec.projector.dim, total_dim=spec.projector.total_dim, finite=finite,
             ))
     return rows
 
@@ -289,6 +466,16 @@ def format_report(rows: List[LayerReport]) -> str:
         lines.append(f"| {r.name} | {r.group} | {r.norm} | {r.weight_norm:.4g} | {r.equivariant_norm:.4g} | "
                      f"{r.defect_norm:.4g} | {r.relative_defect:.3e} | {r.equivariant_dim} / {r.total_dim} |")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------- the regulariser
+
+
+def _check_scheme(scheme: str) -> str:
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown scheme {scheme!r}: choose one of {', '.join(map(repr, SCHEMES))} "
+                         f"(see docs/training.md)")
+    return scheme
 
 
 class ProjectionRegulariser:
@@ -305,7 +492,28 @@ class ProjectionRegulariser:
     norm : str or Norm
         See :mod:`equiproj.norms`; every layer gets its own copy (power-iteration state).
     include_bias : bool, optional
-        Override every layer's ``include_bias``.
+        Override every layer's ``include_bias`` (the declarations are not changed).
+    scheme : {'split', 'penalty', 'proximal', 'split-proximal'}
+        How the objective ``task loss + penalty`` is optimised (``docs/training.md`` has the
+        measurements behind the default):
+
+        * ``'penalty'``: the penalty is a differentiable term to add to the loss (the paper's
+          scheme). With Adam this trains badly at large weights: Adam's per-coordinate step
+          sizes mix the equivariant and the non-equivariant directions.
+        * ``'split'`` (default): every declared weight (and penalised bias) is parametrised as
+          ``W = P(A) + (I - P) B`` (:func:`split_`, in place: build the optimiser afterwards)
+          and the penalty, in the loss, acts on ``P(A)`` and ``(I - P) B``; the two parts get
+          their own optimiser state. Large ``lambda_perp`` gives the strict model's training,
+          zero a free layer.
+        * ``'proximal'``: nothing is added to the loss; after every optimiser step the exact
+          proximal map of the penalty with the step size ``t`` of the weight's parameter group
+          (its current learning rate) is applied: for ``norm='fro'``
+          ``W <- P(W) + max(0, 1 - t lambda_perp / ||W - P(W)||_F) (W - P(W))`` (and the same
+          for ``P(W)`` with ``lambda_G``); for ``'fro2'`` the shrink ``1 / (1 + 2 t lambda)``
+          (a decoupled decay, as in AdamW). Call :meth:`attach` with the optimiser. Other
+          norms have no closed form here and fall back to ``'penalty'`` with a warning.
+        * ``'split-proximal'``: the split parametrisation, with the proximal step applied to
+          ``(I - P) B`` (and ``P(A)``); other norms fall back to ``'split'``.
 
     Examples
     --------
@@ -317,65 +525,213 @@ class ProjectionRegulariser:
     >>> torch.manual_seed(0) and None
     >>> model = torch.nn.Sequential(RepLinear(G.regular(), 2 * G.regular()), torch.nn.ReLU(),
     ...                             RepLinear(2 * G.regular(), G.trivial()))
-    >>> reg = ProjectionRegulariser(model, lambda_perp=0.1)
-    >>> loss = reg()                       # differentiable scalar
+    >>> reg = ProjectionRegulariser(model, lambda_perp=0.1)   # the split scheme: parametrises the model
+    >>> opt = torch.optim.Adam(model.parameters(), lr=1e-2)  # ... so build the optimiser afterwards
+    >>> loss = reg()                       # differentiable scalar, add it to the task loss
     >>> loss.backward()
     >>> reg.project_()                     # weights := P(weights)
     >>> float(reg().detach()) < 1e-6
     True
+
+    The proximal scheme instead acts after every optimiser step:
+
+    >>> model = torch.nn.Sequential(RepLinear(G.regular(), G.regular()))
+    >>> reg = ProjectionRegulariser(model, lambda_perp=1e3, scheme="proximal")
+    >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> _ = reg.attach(opt)
+    >>> model(torch.randn(8, 4)).pow(2).mean().backward(); opt.step()
+    >>> reg.report()[0].defect_norm < 1e-6       # t * lambda_perp is large: the step removes the defect
+    True
     """
 
+    #: The projection penalty needs no data (the shared method interface, see equiproj.baselines).
+    needs_batch = False
+
     def __init__(self, model: nn.Module, lambda_perp: float, lambda_G: float = 0.0, norm="fro",
-                 include_bias: Optional[bool] = None):
+                 include_bias: Optional[bool] = None, scheme: str = DEFAULT_SCHEME):
         for nm, v in (("lambda_perp", lambda_perp), ("lambda_G", lambda_G)):
-            if not (float(v) >= 0):
-                raise ValueError(f"{nm} must be a non-negative number, got {v!r}")
+            try:
+                ok = float(v) >= 0 and math.isfinite(float(v))
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ValueError(f"{nm} must be a finite number >= 0, got {v!r}")
         self.model = model
         self.lambda_perp, self.lambda_G = float(lambda_perp), float(lambda_G)
         self.norm_spec = norm
+        self.include_bias = include_bias
+        scheme = _check_scheme(scheme)
+        base = get_norm(norm)
+        if scheme in ("proximal", "split-proximal") and base.name not in _PROX_NORMS:
+            fallback = "penalty" if scheme == "proximal" else "split"
+            warnings.warn(f"scheme {scheme!r} needs the Frobenius norm ('fro' or 'fro2') for its closed-form "
+                          f"proximal map; norm {base.name!r} is trained with scheme {fallback!r} instead",
+                          stacklevel=2)
+            scheme = fallback
+        self.scheme = scheme
         self.layers = declared_layers(model)
         if not self.layers:
             raise ValueError(
                 "the model has no declared layers: build it from equiproj.nn layers or call "
                 "equiproj.declare(layer, in_rep, out_rep) first"
             )
-        if include_bias is not None:
-            for _, _, spec in self.layers:
-                spec.include_bias = include_bias
-        base = get_norm(norm)
+        if scheme in ("split", "split-proximal"):
+            split_(model, include_bias=include_bias)
         self._perp_norms = {name: base.fresh() for name, _, _ in self.layers}
         self._eq_norms = {name: base.fresh() for name, _, _ in self.layers}
+        self._hook = None
+        self._prox_value: Optional[float] = None
 
     @property
     def norm_name(self) -> str:
         return get_norm(self.norm_spec).name
 
+    @property
+    def proximal(self) -> bool:
+        """Whether the penalty acts through the proximal step (:meth:`attach`), not the loss."""
+        return self.scheme in ("proximal", "split-proximal")
+
     def terms(self) -> Iterator[Tuple[str, torch.Tensor, torch.Tensor]]:
         """Per layer ``(name, ||non-equivariant part||, ||equivariant part||)`` (differentiable)."""
+        need_eq = self.lambda_G > 0
         for name, m, spec in self.layers:
-            Peq, Pperp = layer_parts(m, spec, kernel=self._perp_norms[name].kernel_norm)
+            Peq, Pperp = layer_parts(m, spec, kernel=self._perp_norms[name].kernel_norm,
+                                     include_bias=self.include_bias, need_equivariant=need_eq)
             perp = self._perp_norms[name](Pperp)
-            eq = self._eq_norms[name](Peq) if self.lambda_G > 0 else torch.zeros((), dtype=perp.dtype,
-                                                                                  device=perp.device)
+            eq = self._eq_norms[name](Peq) if need_eq else torch.zeros((), dtype=perp.dtype, device=perp.device)
             yield name, perp, eq
 
-    #: The projection penalty needs no data (the shared method interface, see equiproj.baselines).
-    needs_batch = False
-
-    def penalty(self, batch=None) -> torch.Tensor:
-        """The differentiable penalty (a scalar). ``batch`` is ignored: the penalty depends on the
-        weights only (the argument keeps one interface with data-dependent regularisers)."""
+    def value(self) -> torch.Tensor:
+        """The penalty's value at the current weights (differentiable), whatever the scheme."""
         total = None
         for _, perp, eq in self.terms():
             t = self.lambda_perp * perp + self.lambda_G * eq
             total = t if total is None else total + t
         return total
 
+    def penalty(self, batch=None) -> torch.Tensor:
+        """The term to add to the task loss (a scalar). ``batch`` is ignored: the penalty depends on
+        the weights only (the argument keeps one interface with data-dependent regularisers).
+
+        Under a proximal scheme the penalty acts through :meth:`attach`, so this returns its value
+        without a gradient (for logging): the value after the last proximal step, or at the
+        current weights before the first one.
+        """
+        if self.proximal:
+            if self._prox_value is None:
+                with torch.no_grad():
+                    self._prox_value = float(self.value())
+            p = next(iter(self.model.parameters()))
+            return torch.tensor(self._prox_value, dtype=p.dtype, device=p.device)
+        return self.value()
+
     __call__ = penalty
+
+    # ------------------------------------------------------------------ the proximal step
+    def attach(self, optimizer: torch.optim.Optimizer):
+        """Apply the proximal step after every ``optimizer.step()`` (proximal schemes; a no-op
+        returning ``None`` for the others).
+
+        The hook (``Optimizer.register_step_post_hook``) runs only when the optimiser actually
+        steps, so a step that AMP's ``GradScaler`` skips applies no proximal map. Attaching again
+        (e.g. to a new optimiser) replaces the previous hook. Returns the hook's handle.
+        """
+        if not self.proximal:
+            return None
+        self.detach()
+        self._hook = optimizer.register_step_post_hook(lambda opt, args, kwargs: self.proximal_step(opt))
+        return self._hook
+
+    def detach(self) -> None:
+        """Remove the hook installed by :meth:`attach`."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    def _shrink(self, n: float, t: float, lam: float) -> float:
+        """The factor that the proximal map of ``t * lam * norm`` applies to a part of norm ``n``."""
+        if lam == 0 or t == 0:
+            return 1.0
+        if self.norm_name == "fro2":
+            return 1.0 / (1.0 + 2.0 * t * lam)
+        return max(0.0, 1.0 - t * lam / n) if n > 0 else 1.0
+
+    def proximal_step(self, optimizer: Optional[torch.optim.Optimizer] = None, lr: Optional[float] = None) -> None:
+        r"""Apply the exact proximal map of the penalty to every declared layer (in place).
+
+        The step size of a part is the current learning rate of the parameter group holding the
+        tensor it is stored in (``W`` for a plain layer, ``B`` for ``(I - P) B`` and ``A`` for
+        ``P(A)`` of a split one), or ``lr`` for all. Parts of layers whose tensors the optimiser
+        does not hold are left alone. The objective is separable over the orthogonal split
+        ``W = P(W) + (W - P(W))``, so the map shrinks the two parts independently.
+        """
+        if optimizer is None and lr is None:
+            raise ValueError("proximal_step needs the optimizer (for its learning rates) or lr")
+        if not self.proximal:
+            return
+        lrs = {} if optimizer is None else {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+
+        def step_size(t: torch.Tensor) -> Optional[float]:
+            if lr is not None:
+                return float(lr)
+            v = lrs.get(id(t))
+            return None if v is None else float(v)
+
+        sq = self.norm_name == "fro2"
+        value = 0.0
+        with torch.no_grad():
+            for name, m, spec in self.layers:
+                P = spec.projector
+                names = ("weight", "bias") if _penalised_bias(m, spec, self.include_bias) else ("weight",)
+                parts = []  # (eq source, perp source, P(eq source), perp part)
+                for pname in names:
+                    se, sp = _sources(m, pname)
+                    proj = P.project_bias if pname == "bias" else P.project
+                    Psp = proj(sp)
+                    Pse = Psp if se is sp else (proj(se) if self.lambda_G > 0 else None)
+                    parts.append((se, sp, Pse, sp - Psp))
+                t_perp = step_size(parts[0][1])
+                t_eq = step_size(parts[0][0])
+                n_perp = math.sqrt(sum(float(torch.linalg.vector_norm(r)) ** 2 for _, _, _, r in parts))
+                f_perp = 1.0 if t_perp is None else self._shrink(n_perp, t_perp, self.lambda_perp)
+                n_eq, f_eq = 0.0, 1.0
+                if self.lambda_G > 0:
+                    n_eq = math.sqrt(sum(float(torch.linalg.vector_norm(q)) ** 2 for _, _, q, _ in parts))
+                    f_eq = 1.0 if t_eq is None else self._shrink(n_eq, t_eq, self.lambda_G)
+                for se, sp, Pse, r in parts:
+                    if f_perp != 1.0:
+                        sp.sub_((1.0 - f_perp) * r)
+                    if f_eq != 1.0:
+                        se.sub_((1.0 - f_eq) * Pse)
+                a, b = n_perp * f_perp, n_eq * f_eq
+                value += self.lambda_perp * (a * a if sq else a) + self.lambda_G * (b * b if sq else b)
+        self._prox_value = value
+
+    # ------------------------------------------------------------------ state, report
+    def state_dict(self) -> dict:
+        """What a resumed run needs besides the weights: the power-iteration vectors of the
+        spectral norms and the last proximal value."""
+        norms = {}
+        for kind, table in (("perp", self._perp_norms), ("eq", self._eq_norms)):
+            for name, n in table.items():
+                u = getattr(n, "_u", None)
+                if u is not None:
+                    norms[f"{kind}/{name}"] = u.detach().cpu().clone()
+        return {"scheme": self.scheme, "prox_value": self._prox_value, "norm_state": norms}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Inverse of :meth:`state_dict`."""
+        self._prox_value = state.get("prox_value")
+        for key, u in state.get("norm_state", {}).items():
+            kind, name = key.split("/", 1)
+            table = self._perp_norms if kind == "perp" else self._eq_norms
+            if name in table:
+                p = next(iter(self.model.parameters()))
+                table[name]._u = u.to(device=p.device)
 
     def report(self, norm=None) -> List[LayerReport]:
         """Per-layer figures in ``norm`` (default: the penalty's norm; spectral is exact here)."""
-        return report(self.model, self.norm_spec if norm is None else norm)
+        return report(self.model, self.norm_spec if norm is None else norm, include_bias=self.include_bias)
 
     def project_(self) -> None:
         """Replace every declared layer's weights (and biases) by their equivariant parts."""
@@ -383,20 +739,18 @@ class ProjectionRegulariser:
 
     def __repr__(self) -> str:
         return (f"ProjectionRegulariser({len(self.layers)} layers, lambda_perp={self.lambda_perp}, "
-                f"lambda_G={self.lambda_G}, norm={self.norm_name!r})")
+                f"lambda_G={self.lambda_G}, norm={self.norm_name!r}, scheme={self.scheme!r})")
 
 
-def _param_target(module: nn.Module, name: str) -> Optional[torch.Tensor]:
-    if parametrize.is_parametrized(module, name):
-        return getattr(module.parametrizations, name).original
-    return getattr(module, name, None)
+# ---------------------------------------------------------------------------------- projection, init, constraint
 
 
 def project_(model: nn.Module) -> nn.Module:
     """Replace the weights and biases of every declared layer by their equivariant parts.
 
     Biases are projected onto the invariant vectors of ``rho_out`` whatever ``include_bias``
-    says, so that the result is exactly equivariant. Returns the model.
+    says, so that the result is exactly equivariant. Parametrised layers (split, strict, RPP)
+    get the projected tensor through their ``right_inverse``. Returns the model.
     """
     layers = declared_layers(model)
     if not layers:
@@ -404,12 +758,14 @@ def project_(model: nn.Module) -> nn.Module:
     with torch.no_grad():
         for _, m, spec in layers:
             P = spec.projector
-            w = _param_target(m, "weight")
-            w.copy_(P.project(w))
-            b = _param_target(m, "bias")
-            if isinstance(b, torch.Tensor):
-                b.copy_(P.project_bias(b))
+            _assign(m, "weight", P.project(m.weight))
+            if _has(m, "bias"):
+                _assign(m, "bias", P.project_bias(m.bias))
     return model
+
+
+#: The starting points of :func:`initialise_`.
+INIT_MODES = ("equivariant", "projected", "keep")
 
 
 def equivariant_init_(model: nn.Module, rescale: bool = True) -> nn.Module:
@@ -417,7 +773,8 @@ def equivariant_init_(model: nn.Module, rescale: bool = True) -> nn.Module:
     ``rescale``) multiply every declared weight back to its former Frobenius norm, since the
     projection alone shrinks the weights (by ``sqrt(dim P / dim W)`` on average) and the signal
     with them through a deep network. Regularised models then begin where the strict model
-    begins, and the penalty controls how much non-equivariance the data pulls in.
+    begins, and the penalty controls how much non-equivariance the data pulls in. This is what
+    ``make_method("projection" | "strict" | "rpp", ...)`` does by default (``init="equivariant"``).
 
     Examples
     --------
@@ -434,19 +791,32 @@ def equivariant_init_(model: nn.Module, rescale: bool = True) -> nn.Module:
     """
     layers = declared_layers(model)
     with torch.no_grad():
-        norms = [(m, _param_target(m, "weight").norm()) for _, m, _ in layers]
+        norms = [(m, m.weight.norm()) for _, m, _ in layers]
         project_(model)
         if rescale:
             for m, n in norms:
-                w = _param_target(m, "weight")
+                w = m.weight
                 pn = w.norm()
                 if pn > 0:
-                    w.mul_(n / pn)
+                    _assign(m, "weight", w * (n / pn))
+    return model
+
+
+def initialise_(model: nn.Module, init: str = "equivariant") -> nn.Module:
+    """The starting point of a regularised model: ``"equivariant"`` (:func:`equivariant_init_`, the
+    projection rescaled to the former norms), ``"projected"`` (:func:`project_` only) or
+    ``"keep"`` (the weights as they are). Returns the model."""
+    if init not in INIT_MODES:
+        raise ValueError(f"init must be one of {', '.join(map(repr, INIT_MODES))}, got {init!r}")
+    if init == "equivariant":
+        return equivariant_init_(model, rescale=True)
+    if init == "projected":
+        return project_(model)
     return model
 
 
 class _Equivariant(nn.Module):
-    """Parametrisation ``W -> P(W)`` (hard constraint)."""
+    """Parametrisation ``W -> P(W)`` (hard constraint); assigning ``layer.weight = W`` stores ``P(W)``."""
 
     def __init__(self, projector: Projector, bias: bool = False):
         super().__init__()
@@ -456,13 +826,18 @@ class _Equivariant(nn.Module):
     def forward(self, X):
         return self.projector.project_bias(X) if self.bias else self.projector.project(X)
 
+    def right_inverse(self, X):
+        return self.forward(X.detach())
+
 
 def constrain_(model: nn.Module) -> nn.Module:
     """Hard equivariance: parametrise every declared layer's weight as ``P(W)``.
 
     Uses ``torch.nn.utils.parametrize``: training updates the free weight ``W`` but the layer
     only ever uses ``P(W)``, so the model is strictly equivariant (the strict baseline).
-    The stored weight is projected first, so the model's function is ``project_``'s.
+    The stored weight is projected first, so the model's function is ``project_``'s; assigning
+    ``layer.weight = W`` stores ``P(W)``. :func:`unconstrain_` turns the model back into plain
+    layers (do that before saving it for use without equiproj).
     """
     layers = declared_layers(model)
     if not layers:
@@ -477,7 +852,9 @@ def constrain_(model: nn.Module) -> nn.Module:
 
 
 def unconstrain_(model: nn.Module) -> nn.Module:
-    """Remove the hard constraint, keeping the (equivariant) current weights."""
+    """Remove every parametrisation of the declared layers (the hard constraint, the split
+    parametrisation, residual pathways), keeping the current effective weights as plain
+    parameters. The layers stay declared. Build a new optimiser afterwards."""
     for _, m, _ in declared_layers(model):
         for name in ("weight", "bias"):
             if parametrize.is_parametrized(m, name):

@@ -57,14 +57,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, TensorDataset
 
 from ._io import append_csv_row, atomic_torch_save, atomic_write_json
 
 __all__ = [
     "TrainConfig", "TrainState", "StopTraining", "fit", "seed_everything", "select_device",
-    "is_main_process", "record_result", "result_row", "load_result",
-    "CHECKPOINT_NAME", "RESULT_NAME", "MODEL_NAME",
+    "is_main_process", "record_result", "result_row", "load_result", "load_best_model",
+    "CHECKPOINT_NAME", "RESULT_NAME", "MODEL_NAME", "BEST_MODEL_NAME",
 ]
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "checkpoint.pt"
 RESULT_NAME = "result.json"
 MODEL_NAME = "model.pt"
+BEST_MODEL_NAME = "best_model.pt"
 
 _CHECKPOINT_FORMAT = 1
 _OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -310,6 +312,14 @@ class TrainConfig:
         Reshuffle the data every epoch (deterministically from ``seed`` and the epoch).
     drop_last : bool
         Drop the last incomplete batch of every epoch.
+    select : str, optional
+        Model selection: the name of a metric returned by ``eval_fn``; the weights of the
+        evaluation where it was lowest are kept (``"-name"``: highest, e.g. ``"-val_accuracy"``),
+        written to ``best_model.pt`` and described by ``result["selected"]``. Needs ``eval_fn``;
+        ``eval_every`` sets how often it is looked at.
+    patience : int, optional
+        Early stopping: stop when ``select`` has not improved for this many evaluations in a row
+        (``result["stopped_early"]``). Needs ``select``.
     meta : dict
         Free JSON-serialisable description of everything else that determines the run (model,
         regulariser weights, data set). It is part of the configuration hash, so a change of
@@ -348,6 +358,8 @@ class TrainConfig:
     num_workers: int = 0
     shuffle: bool = True
     drop_last: bool = False
+    select: Optional[str] = None
+    patience: Optional[int] = None
     meta: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -378,6 +390,14 @@ class TrainConfig:
         _check_choice("amp_dtype", self.amp_dtype, _AMP_DTYPES)
         if self.grad_clip is not None:
             _check_float("grad_clip", self.grad_clip, positive=True)
+        if self.select is not None:
+            if not isinstance(self.select, str) or not self.select.lstrip("-").strip():
+                raise _bad("select", "the name of an eval_fn metric, optionally with a leading '-' (maximise)",
+                           self.select)
+        if self.patience is not None:
+            _check_int("patience", self.patience, 1)
+            if self.select is None:
+                raise _bad("patience", "None unless select names the metric to watch", self.patience)
         if not isinstance(self.meta, dict):
             raise _bad("meta", "a dict", self.meta)
         try:
@@ -780,7 +800,11 @@ def fit(model: nn.Module, train_data, config: Union[TrainConfig, Dict[str, Any]]
         Anything with ``penalty(batch) -> scalar tensor`` and a boolean ``needs_batch``
         (e.g. :class:`equiproj.ProjectionRegulariser`), built around the plain ``model``. The
         penalty receives the batch only when ``needs_batch`` is true, and is computed outside
-        autocast (in the parameters' precision).
+        autocast (in the parameters' precision). If it has ``attach(optimizer)`` (the proximal
+        schemes), it is called once the optimiser is built; if it has ``state_dict()`` and
+        ``load_state_dict()``, that state is checkpointed and restored with the run. Within a
+        step, parametrised weights (strict, split, RPP) are computed once for the forward pass
+        and the penalty (``torch.nn.utils.parametrize.cached``).
     eval_fn : callable, optional
         ``eval_fn(model) -> dict of floats``, called on the plain model in eval mode under
         ``torch.no_grad()`` every ``config.eval_every`` steps and at the end. It does not disturb
@@ -802,7 +826,9 @@ def fit(model: nn.Module, train_data, config: Union[TrainConfig, Dict[str, Any]]
         penalty, loss, lr}, "eval": {...}}``), ``history`` (``{"train": [...], "eval": [...]}``),
         ``wall_time_s``, ``train_time_s``, ``eval_time_s``, ``time_per_step_s``,
         ``samples_per_s``, ``device``, ``world_size``, ``amp_active``, ``resumes``, ``out_dir``,
-        ``torch_version``. After a :class:`StopTraining`: ``{"status": "interrupted", "step",
+        ``torch_version``, ``stopped_early`` and, with ``config.select``, ``selected``
+        (``{"metric", "step", "value"}``; the weights are in ``out_dir/best_model.pt``, see
+        :func:`load_best_model`). After a :class:`StopTraining`: ``{"status": "interrupted", "step",
         "checkpoint_step", "history", "out_dir"}``. For a folder that already holds the result of
         the same configuration, that result (the final weights are loaded into ``model``).
 
@@ -922,6 +948,8 @@ def _fit(model, train_data, config: TrainConfig, loss_fn, out_dir, regulariser, 
         scheduler.load_state_dict(ckpt["scheduler"])
         if ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
+        if ckpt.get("regulariser") is not None and callable(getattr(regulariser, "load_state_dict", None)):
+            regulariser.load_state_dict(ckpt["regulariser"])
         ranks = ckpt["ranks"]
         if len(ranks) != info.world_size:
             warnings.warn(f"resuming a checkpoint written by {len(ranks)} process(es) with {info.world_size}: the "
@@ -934,6 +962,16 @@ def _fit(model, train_data, config: TrainConfig, loss_fn, out_dir, regulariser, 
         acc_n, times, resumes, ckpt_step = mine["log_n"], dict(ckpt["times"]), ckpt["resumes"] + 1, step
         log.info("%s: resuming at step %d (epoch %d, batch %d)", out, step, epoch, pos)
     needs_batch = bool(getattr(regulariser, "needs_batch", False))
+    attach = getattr(regulariser, "attach", None)
+    if callable(attach):  # e.g. the proximal step of ProjectionRegulariser, after every optimizer.step()
+        attach(optimizer)
+    # model selection: the best evaluation so far (restored from the checkpoint)
+    sel_key = config.select.lstrip("-").strip() if config.select else None
+    sel_sign = -1.0 if (config.select or "").startswith("-") else 1.0
+    best: Dict[str, Any] = {"step": None, "value": None, "model": None, "bad_evals": 0}
+    if ckpt is not None and ckpt.get("best") is not None:
+        best.update(ckpt["best"])
+    stopped_early = False
     state = TrainState(step=step, epoch=epoch, batch_in_epoch=pos, config=config, model=model,
                        optimizer=optimizer, history=history, checkpoint_step=ckpt_step, out_dir=out,
                        rank=info.rank, world_size=info.world_size)
@@ -958,6 +996,7 @@ def _fit(model, train_data, config: TrainConfig, loss_fn, out_dir, regulariser, 
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "ranks": per_rank,
                 "history": history, "times": dict(times),
                 "resumes": resumes, "world_size": info.world_size,
+                "regulariser": _regulariser_state(regulariser), "best": best if sel_key else None,
             }, out / CHECKPOINT_NAME)
         times["checkpoint"] += time.perf_counter() - t0
         state.checkpoint_step = step
@@ -967,7 +1006,7 @@ def _fit(model, train_data, config: TrainConfig, loss_fn, out_dir, regulariser, 
         saved = _rng_state()
         model.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), parametrize.cached():
                 metrics = _floats(eval_fn(model), "eval_fn")
         finally:
             model.train()
@@ -982,33 +1021,64 @@ def _fit(model, train_data, config: TrainConfig, loss_fn, out_dir, regulariser, 
         entry = {"step": step, **metrics}
         history["eval"].append(entry)
         state.last_eval = dict(entry)
+        if sel_key:
+            if sel_key not in metrics:
+                raise ValueError(f"TrainConfig.select: eval_fn returned no metric {sel_key!r}; it returned "
+                                 f"{sorted(metrics)}")
+            v = metrics[sel_key]
+            if math.isfinite(v) and (best["value"] is None or sel_sign * v < sel_sign * best["value"]):
+                best.update(step=step, value=v, bad_evals=0,
+                            model={k: t.detach().cpu().clone() for k, t in model.state_dict().items()})
+            else:
+                best["bad_evals"] += 1
         times["eval"] += time.perf_counter() - t0
         return entry
+
+    def flush_log():
+        nonlocal acc_n
+        means = (_mean_across_ranks(acc, info) / acc_n).tolist()
+        if not all(math.isfinite(v) for v in means):
+            raise FloatingPointError(
+                f"fit: the loss is not finite in the steps up to {step} (task {means[0]:.4g}, "
+                f"penalty {means[1]:.4g}); lower the learning rate or set grad_clip "
+                f"(the last checkpoint, step {state.checkpoint_step}, is kept)")
+        entry = {"step": step, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+                 "task_loss": means[0], "penalty": means[1], "loss": means[2]}
+        history["train"].append(entry)
+        state.last_log = dict(entry)
+        acc.zero_()
+        acc_n = 0
+        if bar is not None:
+            bar.set_postfix(loss=f"{means[2]:.4g}", task=f"{means[0]:.4g}", pen=f"{means[1]:.3g}")
+        log.info("step %d: loss %.6g (task %.6g, penalty %.6g)", step, means[2], means[0], means[1])
 
     bar = _progress_bar(progress and main, config.steps, step)
     model.train()
     session_start = time.perf_counter()
     segment_start = session_start  # start of the training time not yet added to times["train"]
     try:
-        while step < config.steps:
+        while step < config.steps and not stopped_early:
             loader = _make_loader(dataset, sampler, config, epoch, pos, info.rank, pin)
             for batch in loader:
                 batch = _to_device(batch, device, non_blocking=pin)
                 optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(device_type="cuda", dtype=amp_dtype) if amp_active else contextlib.nullcontext():
-                    task = loss_fn(train_model, batch)
-                if not isinstance(task, torch.Tensor) or task.numel() != 1:
-                    got = f"shape {tuple(task.shape)}" if isinstance(task, torch.Tensor) else type(task).__name__
-                    raise TypeError(f"loss_fn must return a scalar tensor, got {got}")
-                task = _full_precision(task.reshape(()))
-                if regulariser is not None:
-                    pen = regulariser.penalty(batch if needs_batch else None)
-                    pen = _full_precision(pen.reshape(())) if isinstance(pen, torch.Tensor) else torch.tensor(
-                        float(pen), device=device)
-                    total = task + pen
-                else:
-                    pen = torch.zeros((), device=device)
-                    total = task
+                # parametrised weights (strict, split, RPP) are computed once for forward and penalty
+                with parametrize.cached():
+                    with torch.autocast(device_type="cuda", dtype=amp_dtype) if amp_active else \
+                            contextlib.nullcontext():
+                        task = loss_fn(train_model, batch)
+                    if not isinstance(task, torch.Tensor) or task.numel() != 1:
+                        got = f"shape {tuple(task.shape)}" if isinstance(task, torch.Tensor) else type(task).__name__
+                        raise TypeError(f"loss_fn must return a scalar tensor, got {got}")
+                    task = _full_precision(task.reshape(()))
+                    if regulariser is not None:
+                        pen = regulariser.penalty(batch if needs_batch else None)
+                        pen = _full_precision(pen.reshape(())) if isinstance(pen, torch.Tensor) else torch.tensor(
+                            float(pen), device=device)
+                        total = task + pen
+                    else:
+                        pen = torch.zeros((), device=device)
+                        total = task
                 scaler.scale(total).backward()
                 if config.grad_clip is not None:
                     scaler.unscale_(optimizer)
@@ -1028,22 +1098,9 @@ def _fit(model, train_data, config: TrainConfig, loss_fn, out_dir, regulariser, 
                     bar.update(1)
 
                 last = step >= config.steps
+
                 if step % config.log_every == 0 or last:
-                    means = (_mean_across_ranks(acc, info) / acc_n).tolist()
-                    if not all(math.isfinite(v) for v in means):
-                        raise FloatingPointError(
-                            f"fit: the loss is not finite in the steps up to {step} (task {means[0]:.4g}, "
-                            f"penalty {means[1]:.4g}); lower the learning rate or set grad_clip "
-                            f"(the last checkpoint, step {state.checkpoint_step}, is kept)")
-                    entry = {"step": step, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
-                             "task_loss": means[0], "penalty": means[1], "loss": means[2]}
-                    history["train"].append(entry)
-                    state.last_log = dict(entry)
-                    acc.zero_()
-                    acc_n = 0
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{means[2]:.4g}", task=f"{means[0]:.4g}", pen=f"{means[1]:.3g}")
-                    log.info("step %d: loss %.6g (task %.6g, penalty %.6g)", step, means[2], means[0], means[1])
+                    flush_log()
                 do_eval = eval_fn is not None and ((config.eval_every and step % config.eval_every == 0) or last)
                 do_ckpt = bool(config.checkpoint_every) and (step % config.checkpoint_every == 0 or last)
                 if do_eval or do_ckpt:
@@ -1052,6 +1109,14 @@ def _fit(model, train_data, config: TrainConfig, loss_fn, out_dir, regulariser, 
                     times["train"] += time.perf_counter() - segment_start
                     if do_eval:
                         evaluate()
+                        if config.patience and best["bad_evals"] >= config.patience and not last:
+                            stopped_early = last = True
+                            log.info("early stopping at step %d: %s has not improved for %d evaluations "
+                                     "(best %.6g at step %s)", step, sel_key, config.patience, best["value"],
+                                     best["step"])
+                            if acc_n:
+                                flush_log()
+                            do_ckpt = bool(config.checkpoint_every)
                     if do_ckpt:
                         write_checkpoint()
                     segment_start = time.perf_counter()
@@ -1100,8 +1165,36 @@ def _fit(model, train_data, config: TrainConfig, loss_fn, out_dir, regulariser, 
         "resumes": resumes,
         "out_dir": str(out) if out is not None else None,
         "torch_version": torch.__version__,
+        "stopped_early": stopped_early,
     }
+    if sel_key:
+        result["selected"] = {"metric": config.select, "step": best["step"], "value": best["value"]}
     if main and out is not None:
         atomic_torch_save(model.state_dict(), out / MODEL_NAME)
+        if sel_key and best["model"] is not None:
+            atomic_torch_save(best["model"], out / BEST_MODEL_NAME)
         atomic_write_json(out / RESULT_NAME, result)
     return result
+
+
+def load_best_model(model: nn.Module, out_dir: Union[str, os.PathLike]) -> Dict[str, Any]:
+    """Load the selected weights of a finished run (``TrainConfig.select``) into ``model``.
+
+    Returns the run's ``result["selected"]`` (``metric``, ``step``, ``value``). Raises a
+    ``ValueError`` naming the file when the run has no selection or the weights are missing.
+    """
+    out = Path(out_dir)
+    result = load_result(out)
+    if result is None or "selected" not in result:
+        raise ValueError(f"{str(out)!r} holds no finished run with model selection (TrainConfig.select)")
+    path = out / BEST_MODEL_NAME
+    if not path.exists():
+        raise ValueError(f"the selected weights {str(path)!r} are missing: delete the run folder {str(out)!r} "
+                         f"and run it again")
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return result["selected"]
+
+
+def _regulariser_state(regulariser) -> Optional[Dict[str, Any]]:
+    fn = getattr(regulariser, "state_dict", None)
+    return fn() if callable(fn) else None

@@ -166,5 +166,6 @@ def kernel_action_for(module: nn.Module, in_rep: Representation, out_rep: Repres
     if isinstance(module, tconvs):
         action = KernelAction(out_rep, in_rep, module.kernel_size, steerable=steerable, band_limit=band_limit)
         action._bias_rep = out_rep  # the bias lives on the module's output channels
+        action._bias_on_rows = False  # ... which are the columns' side of the matrix
         return action
     return KernelAction(in_rep, out_rep, module.kernel_size, steerable=steerable, band_limit=band_limit)

@@ -36,6 +36,13 @@ class WeightAction:
         return getattr(self, "_bias_rep", None) or self.out_rep
 
     @property
+    def bias_on_rows(self) -> bool:
+        """Whether the bias lives on the rows of the weight matrix (``True`` for linear layers and
+        convolutions; ``False`` for transposed convolutions, whose matrix is that of the adjoint
+        convolution, so that the bias lives on the side of its columns)."""
+        return getattr(self, "_bias_on_rows", True)
+
+    @property
     def matrix_shape(self) -> Tuple[int, int]:
         return (self.out_layout.dim, self.in_layout.dim)
 

@@ -19,17 +19,26 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import nn
 
-from ..regularise import ProjectionRegulariser, constrain_, declared_layers, report
+from ..regularise import (DEFAULT_SCHEME, ProjectionRegulariser, constrain_, declared_layers, initialise_, report)
+from ._util import check_options
 
 __all__ = ["Method", "register_method", "make_method", "available_methods", "METHODS",
-           "PlainMethod", "StrictMethod", "ProjectionMethod"]
+           "PlainMethod", "StrictMethod", "ProjectionMethod", "DEFAULT_INIT"]
+
+#: Where :func:`make_method` starts the declared weights of every method but ``plain``.
+DEFAULT_INIT = "equivariant"
 
 
 class Method:
-    """Base class of the methods (see the module docstring)."""
+    """Base class of the methods (see the module docstring).
+
+    ``starts_equivariant``: whether :func:`make_method` starts the model from the equivariant
+    part of its weights (option ``init``); ``plain`` does not.
+    """
 
     name = "method"
     needs_batch = False
+    starts_equivariant = True
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -41,6 +50,18 @@ class Method:
 
     def report(self) -> List:
         return report(self.model) if declared_layers(self.model) else []
+
+    def attach(self, optimizer: torch.optim.Optimizer):
+        """Hook into the optimiser (called by :func:`equiproj.train.fit` once it is built); a no-op
+        except for methods that act after the optimiser's steps (the proximal schemes)."""
+        return None
+
+    def state_dict(self) -> dict:
+        """State besides the model's that a resumed run needs (checkpointed by ``fit``)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Inverse of :meth:`state_dict`."""
 
     def _zero(self) -> torch.Tensor:
         p = next(self.model.parameters(), None)
@@ -72,6 +93,15 @@ def available_methods() -> List[str]:
 def make_method(name: str, model: nn.Module, **options) -> Method:
     """Build the method ``name`` around ``model`` (see :func:`available_methods`).
 
+    Every method except ``plain`` first moves the declared layers of ``model`` to the
+    equivariant part of their weights: option ``init`` (default ``"equivariant"``, see
+    :func:`equiproj.initialise_`) is ``"equivariant"`` (projected, each weight rescaled to its
+    former Frobenius norm, so that the signal does not shrink through the depth),
+    ``"projected"`` (projected only) or ``"keep"`` (the weights as they are; the strict model and
+    RPP project anyway). The regularised models then start where the strict model starts.
+    ``plain`` ignores ``init``: it is the unregularised model from its own initialisation.
+    Unknown options raise a ``TypeError`` that lists the known ones.
+
     Examples
     --------
     >>> import torch
@@ -81,23 +111,34 @@ def make_method(name: str, model: nn.Module, **options) -> Method:
     >>> G = cyclic(4)
     >>> model = torch.nn.Sequential(RepLinear(G.regular(), G.regular()))
     >>> m = make_method("projection", model, lambda_perp=0.1)
-    >>> m.penalty().shape
-    torch.Size([])
-    >>> make_method("strict", model).penalty().item()
+    >>> m.penalty().shape, m.regulariser.scheme
+    (torch.Size([]), 'split')
+    >>> make_method("strict", torch.nn.Sequential(RepLinear(G.regular(), G.regular()))).penalty().item()
     0.0
+    >>> make_method("projection", model, lambda_prep=5.0)
+    Traceback (most recent call last):
+    ...
+    TypeError: method 'projection': unknown option(s) 'lambda_prep'; it accepts ...
     """
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}: choose one of {', '.join(available_methods())}")
-    return METHODS[name](model, **options)
+    factory = METHODS[name]
+    init = options.pop("init", None)
+    if getattr(factory, "starts_equivariant", True) and declared_layers(model):
+        initialise_(model, DEFAULT_INIT if init is None else init)
+    return factory(model, **options)
 
 
 @register_method("plain")
 class PlainMethod(Method):
-    """No penalty: the unregularised model."""
+    """No penalty: the unregularised model (from its own initialisation)."""
 
     name = "plain"
+    starts_equivariant = False
+    _options = ()
 
-    def __init__(self, model, **ignored):
+    def __init__(self, model, **unknown):
+        check_options(self.name, unknown, self._options)
         super().__init__(model)
 
     def penalty(self, batch=None):
@@ -109,8 +150,10 @@ class StrictMethod(Method):
     """Strict equivariance: every declared layer parametrised as ``P(W)`` (hard constraint)."""
 
     name = "strict"
+    _options = ()
 
-    def __init__(self, model, **ignored):
+    def __init__(self, model, **unknown):
+        check_options(self.name, unknown, self._options)
         super().__init__(constrain_(model))
 
     def penalty(self, batch=None):
@@ -120,18 +163,35 @@ class StrictMethod(Method):
 @register_method("projection")
 class ProjectionMethod(Method):
     """The projection penalty ``lambda_perp ||W - P(W)|| + lambda_G ||P(W)||``
-    (:class:`equiproj.ProjectionRegulariser`)."""
+    (:class:`equiproj.ProjectionRegulariser`), trained with ``scheme`` (default ``'split'``:
+    ``W = P(A) + (I - P) B`` with the penalty in the loss; ``'penalty'`` is the paper's scheme,
+    ``'proximal'`` and ``'split-proximal'`` apply its proximal map after every optimiser step,
+    see ``docs/training.md``)."""
 
     name = "projection"
+    _options = ("lambda_perp", "lambda_G", "norm", "include_bias", "scheme")
 
     def __init__(self, model, lambda_perp: float = 1e-2, lambda_G: float = 0.0, norm="fro",
-                 include_bias: Optional[bool] = None, **ignored):
+                 include_bias: Optional[bool] = None, scheme: str = DEFAULT_SCHEME, **unknown):
+        check_options(self.name, unknown, self._options)
         super().__init__(model)
         self.regulariser = ProjectionRegulariser(model, lambda_perp, lambda_G=lambda_G, norm=norm,
-                                                 include_bias=include_bias)
+                                                 include_bias=include_bias, scheme=scheme)
 
     def penalty(self, batch=None):
         return self.regulariser.penalty()
 
     def report(self):
         return self.regulariser.report()
+
+    def attach(self, optimizer):
+        return self.regulariser.attach(optimizer)
+
+    def state_dict(self):
+        return self.regulariser.state_dict()
+
+    def load_state_dict(self, state):
+        self.regulariser.load_state_dict(state)
+
+    def __repr__(self):
+        return f"ProjectionMethod({self.regulariser!r})"

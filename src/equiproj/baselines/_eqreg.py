@@ -91,7 +91,7 @@ class EqRegMethod(SampledMethod):
     >>> G = cyclic(4)
     >>> model = torch.nn.Sequential(RepLinear(G.regular(), 2 * G.regular()), torch.nn.ReLU(),
     ...                             RepLinear(2 * G.regular(), G.regular()))
-    >>> m = make_method("eqreg", model, act_in=G.regular(), k=3)
+    >>> m = make_method("eqreg", model, act_in=G.regular(), k=3, init="keep")   # keep the random weights
     >>> bool(m.penalty([torch.randn(8, 4)]) > 0)
     True
     """

@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..projection import Projector
-from ..regularise import declared_layers, project_
+from ..regularise import declared_layers, initialise_
 from ._base import Method, register_method
 from ._util import check_options, nonneg_float
 
@@ -21,7 +21,9 @@ class ResidualPathway(nn.Module):
 
     ``A`` is the layer's original weight (``module.parametrizations.weight.original``), ``P``
     the layer's projector (``project_bias`` for a bias) and ``B = self.free`` a free parameter
-    of the same shape, initialised to zero.
+    of the same shape. Registering it (or assigning ``layer.weight = W``) sets ``A = W`` and
+    ``B = W - P(W)``, so the layer keeps its weight; :func:`rpp_` registers it on projected
+    weights, where ``B = 0``.
 
     Examples
     --------
@@ -32,9 +34,13 @@ class ResidualPathway(nn.Module):
     >>> G = cyclic(4)
     >>> layer = torch.nn.Linear(4, 4, bias=False)
     >>> P = LinearProjector(G.regular(), G.regular())
+    >>> W = layer.weight.detach().clone()
     >>> _ = parametrize.register_parametrization(layer, "weight", ResidualPathway(P, (4, 4)))
-    >>> float(layer.parametrizations.weight[0].free.detach().abs().sum())
-    0.0
+    >>> bool(torch.allclose(layer.weight, W))
+    True
+    >>> layer.weight = P.project(W)          # an equivariant weight: the free path is zero
+    >>> float(layer.parametrizations.weight[0].free.detach().abs().max()) < 1e-6
+    True
     """
 
     def __init__(self, projector: Projector, shape, bias: bool = False, dtype=None, device=None):
@@ -50,11 +56,21 @@ class ResidualPathway(nn.Module):
     def forward(self, A):
         return self.equivariant(A) + self.free
 
+    def right_inverse(self, W):
+        """``A = W`` and ``B = W - P(W)``, so that assigning ``layer.weight = W`` makes ``W`` the weight
+        (and registering on a projected weight starts with ``B = 0``)."""
+        with torch.no_grad():
+            W = W.detach()
+            self.free.copy_(W - self.equivariant(W))
+        return W
 
-def rpp_(model: nn.Module) -> nn.Module:
+
+def rpp_(model: nn.Module, init: str = "projected") -> nn.Module:
     """Give every declared layer of ``model`` a residual pathway (in place): its weight and
-    bias become ``P(A) + B`` with ``B = 0`` (so the model first computes :func:`equiproj.project_`'s
-    function). Returns the model. Build the optimiser afterwards: ``B`` are new parameters.
+    bias become ``P(A) + B`` with ``B = 0``, so the model first computes the function of its
+    equivariant part: with ``init="projected"`` that of :func:`equiproj.project_`, with
+    ``"equivariant"`` that of :func:`equiproj.equivariant_init_` (the projection rescaled to the
+    former norms). Returns the model. Build the optimiser afterwards: ``B`` are new parameters.
     """
     layers = declared_layers(model)
     if not layers:
@@ -65,7 +81,10 @@ def rpp_(model: nn.Module) -> nn.Module:
             if parametrize.is_parametrized(m, pname):
                 raise ValueError(f"method 'rpp': the {pname} of layer '{name or '<model>'}' is already parametrised "
                                  "(e.g. equivariant=True or constrain_); RPP needs an unconstrained layer")
-    project_(model)
+    if init not in ("equivariant", "projected"):
+        raise ValueError(f"method 'rpp': init must be 'equivariant' or 'projected' (RPP starts from the equivariant "
+                         f"part of the weights), got {init!r}")
+    initialise_(model, init)
     for _, m, spec in layers:
         P = spec.projector
         w = m.weight
@@ -74,7 +93,15 @@ def rpp_(model: nn.Module) -> nn.Module:
         if isinstance(b, torch.Tensor):
             parametrize.register_parametrization(m, "bias", ResidualPathway(P, b.shape, bias=True, dtype=b.dtype,
                                                                             device=b.device))
+    with torch.no_grad():  # the weights are projected: the free paths start at exactly zero
+        for p in _free_params(layers):
+            p.zero_()
     return model
+
+
+def _free_params(layers) -> List[nn.Parameter]:
+    return [p.free for _, m, _ in layers for pname in ("weight", "bias") if parametrize.is_parametrized(m, pname)
+            for p in getattr(m.parametrizations, pname) if isinstance(p, ResidualPathway)]
 
 
 def rpp_paths(module: nn.Module) -> List[Tuple[str, torch.Tensor, torch.Tensor]]:
@@ -148,9 +175,7 @@ class RPPMethod(Method):
 
     def free_parameters(self) -> List[nn.Parameter]:
         """The free-path parameters ``B`` (weights, then biases, layer by layer)."""
-        return [p.free for _, m, _ in self.layers for pname in ("weight", "bias")
-                if parametrize.is_parametrized(m, pname)
-                for p in getattr(m.parametrizations, pname) if isinstance(p, ResidualPathway)]
+        return _free_params(self.layers)
 
     def terms(self) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
         """Per layer ``(sum ||P(A)||^2, sum ||B||^2)`` over weight and bias (differentiable)."""

@@ -3,7 +3,8 @@
 Shared options
 --------------
 Some options describe the *experiment* rather than the method: the symmetry group, how it
-acts on inputs and outputs, how to get the model input from a batch, the seed. An experiment
+acts on inputs and outputs, how to get the model input from a batch, the seed, the starting
+point of the weights (``init``, applied by :func:`equiproj.baselines.make_method`). An experiment
 may pass them to every method; the methods that do not use them accept and ignore them
 (:data:`SHARED_OPTIONS`). Every other unknown option raises a ``TypeError`` that names it.
 """
@@ -23,7 +24,7 @@ __all__ = ["SHARED_OPTIONS", "check_options", "nonneg_float", "pos_int", "as_act
            "default_input_fn", "ElementSampler", "grid_symmetries", "param_like"]
 
 #: Options an experiment may pass to every method; methods that do not use them ignore them.
-SHARED_OPTIONS = frozenset({"seed", "act_in", "act_out", "group", "input_fn"})
+SHARED_OPTIONS = frozenset({"seed", "act_in", "act_out", "group", "input_fn", "init"})
 
 _F64 = torch.float64
 

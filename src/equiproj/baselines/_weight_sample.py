@@ -67,7 +67,7 @@ class WeightSampleMethod(Method):
     >>> from equiproj.groups import cyclic
     >>> G = cyclic(8)
     >>> model = torch.nn.Sequential(RepLinear(G.regular(), G.regular()))
-    >>> m = make_method("weight-sample", model, k=3)
+    >>> m = make_method("weight-sample", model, k=3, init="keep")   # keep the random weights
     >>> bool(m.penalty() > 0)
     True
     >>> from equiproj import project_

@@ -32,6 +32,7 @@ from typing import Dict, List
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ..actions import feature_map_action
 from ..baselines import DenseMatrixTooLarge, make_method, relaxed_cnn
@@ -103,12 +104,14 @@ def _relaxed(p: Dict, equal_weights: bool = False):
 
 def _step_fns(method, x, y):
     model = method.model
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)  # after make_method: RPP adds parameters
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)  # after make_method: RPP and split add parameters
+    method.attach(opt)  # the proximal schemes act after every step
     batch = [x, y]
 
     def loss():
-        task = nn.functional.mse_loss(model(x), y)
-        return task + method.penalty(batch if method.needs_batch else None)
+        with parametrize.cached():  # as equiproj.train.fit: parametrised weights once per step
+            task = nn.functional.mse_loss(model(x), y)
+            return task + method.penalty(batch if method.needs_batch else None)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -168,7 +171,7 @@ def _measure_one(model_name, label, name, k, base, opts, x, y, dev, repeats, pro
         method = make_method(name, model, **opts)
     except DenseMatrixTooLarge as e:
         if progress:
-            print(f"{model_name:15s} {label:18s} refused: {e}", flush=True)
+            print(f"{model_name:15s} {label:26s} refused: {e}", flush=True)
         return dict(model=model_name, method=label, name=name, k=k, status="refused", note=str(e))
     build = time.perf_counter() - t0
     loss, step = _step_fns(method, x, y)
@@ -178,7 +181,7 @@ def _measure_one(model_name, label, name, k, base, opts, x, y, dev, repeats, pro
     row = dict(model=model_name, method=label, name=name, k=k, status="ok", build_s=build, step_s=t_step,
                memory_bytes=mem, state_bytes=state, params=sum(q.numel() for q in method.model.parameters()))
     if progress:
-        print(f"{model_name:15s} {label:18s} step {t_step * 1e3:9.2f} ms  memory {mem / 1e6:9.2f} MB  "
+        print(f"{model_name:15s} {label:26s} step {t_step * 1e3:9.2f} ms  memory {mem / 1e6:9.2f} MB  "
               f"(state {state / 1e6:.2f} MB, build {build:.2f} s)", flush=True)
     return row
 
@@ -249,7 +252,11 @@ def to_markdown(res: Dict, command: str) -> str:
         "are to the `plain` row of the same model, measured in the same run. `k` is the number of sampled "
         "group elements per step (for C4, k = 3 is every non-identity element). *Memory*: "
         f"{res['memory']}. *state*: what the method stores besides parameters (PER's dense matrices). "
-        "*params*: parameters of the trained model (RPP adds a free path per weight).",
+        "*params*: parameters of the trained model (RPP adds a free path per weight, the split scheme a "
+        "second tensor `B` per declared weight; Adam keeps two more tensors of that size for each). The "
+        "projection rows are its training schemes (`scheme=`, see docs/training.md): the penalty in the loss "
+        "(`penalty`), the split parametrisation `W = P(A) + (I - P) B` (`split`), the proximal step after the "
+        "optimiser's (`proximal`) and both (`split-proximal`).",
         "",
     ]
     for model in dict.fromkeys(r["model"] for r in res["rows"]):

@@ -25,13 +25,19 @@ import torch
 from torch import nn
 
 from .._io import atomic_write_json, atomic_write_text
-from ..baselines import make_method
-from ..train import TrainConfig, fit, seed_everything, select_device
+from ..baselines import METHODS, make_method
+from ..regularise import DEFAULT_SCHEME, SCHEMES
+from ..train import TrainConfig, fit, load_best_model, seed_everything, select_device
 
-__all__ = ["RunConfig", "Setup", "Experiment", "register_experiment", "get_experiment", "available_experiments",
+__all__ = ["RunConfig", "takes_scheme", "Setup", "Experiment", "register_experiment", "get_experiment", "available_experiments",
            "run", "sweep", "collect", "report", "method_options", "EXPERIMENTS"]
 
 EXPERIMENTS: Dict[str, "Experiment"] = {}
+
+
+def takes_scheme(method: str) -> bool:
+    """Whether ``method`` has a training scheme (its class lists a ``scheme`` option)."""
+    return "scheme" in getattr(METHODS.get(method), "_options", ())
 
 
 @dataclass
@@ -40,6 +46,9 @@ class RunConfig:
 
     ``level`` is the experiment's symmetry-breaking knob (its meaning is given by
     ``Experiment.level_name``); ``options`` holds experiment-specific extras (strings, numbers).
+    ``scheme`` is the training scheme of methods that have one (``projection``; see
+    :class:`equiproj.ProjectionRegulariser`): ``None`` means the method's default, which is
+    written into the configuration so that a later change of default never reuses a run.
     """
 
     experiment: str
@@ -55,6 +64,11 @@ class RunConfig:
     steps: Optional[int] = None
     device: str = "auto"
     options: Dict[str, Any] = field(default_factory=dict)
+    scheme: Optional[str] = None
+
+    def __post_init__(self):
+        if self.scheme is None and takes_scheme(self.method):
+            self.scheme = DEFAULT_SCHEME
 
     def key(self) -> Dict[str, Any]:
         """The fields that determine the result (not the device)."""
@@ -67,8 +81,9 @@ class RunConfig:
             return "none" if x is None else (f"{x:g}" if isinstance(x, float) else str(x))
 
         h = hashlib.sha1(json.dumps(self.key(), sort_keys=True, default=str).encode()).hexdigest()[:8]
-        parts = [self.method, f"lp{f(self.lambda_perp)}", f"lg{f(self.lambda_G)}", self.norm, self.route,
-                 f"k{self.k}", f"lvl{f(self.level)}", f"s{self.seed}", h]
+        parts = [self.method] + ([self.scheme] if self.scheme else []) + [
+            f"lp{f(self.lambda_perp)}", f"lg{f(self.lambda_G)}", self.norm, self.route, f"k{self.k}",
+            f"lvl{f(self.level)}", f"s{self.seed}", h]
         return "_".join(p.replace("/", "-").replace(" ", "") for p in parts)
 
 
@@ -96,6 +111,9 @@ class Experiment:
     level_name = "level"
     default_level: Optional[float] = None
     default_sweep: Dict[str, List[Any]] = {}
+    #: Which model the experiment's tables report when its runs select one on validation
+    #: (``TrainConfig.select``): ``"final"`` or ``"selected"`` (the ``sel_`` columns).
+    reports = "final"
 
     def setup(self, cfg: RunConfig, preset: Dict[str, Any], device: torch.device) -> Setup:
         raise NotImplementedError
@@ -117,6 +135,12 @@ class Experiment:
                 raise ValueError(f"{nm} must be >= 0, got {v}")
         if cfg.k < 1:
             raise ValueError(f"k (sampled group elements) must be >= 1, got {cfg.k}")
+        if cfg.scheme is not None:
+            if not takes_scheme(cfg.method):
+                raise ValueError(f"method {cfg.method!r} has no training scheme (got scheme={cfg.scheme!r}); "
+                                 f"--scheme applies to: {', '.join(m for m in sorted(METHODS) if takes_scheme(m))}")
+            if cfg.scheme not in SCHEMES:
+                raise ValueError(f"unknown scheme {cfg.scheme!r}: choose one of {', '.join(SCHEMES)}")
         if cfg.steps is not None and cfg.steps < 1:
             raise ValueError(f"steps must be >= 1, got {cfg.steps}")
 
@@ -167,6 +191,8 @@ def method_options(cfg: RunConfig) -> Dict[str, Any]:
     m = cfg.method
     if m == "projection":
         opts = dict(lambda_perp=cfg.lambda_perp, lambda_G=cfg.lambda_G, norm=cfg.norm)
+        if cfg.scheme is not None:
+            opts["scheme"] = cfg.scheme
     elif m in ("sample-output", "eqreg", "weight-sample"):
         opts = dict(lambda_=cfg.lambda_perp, k=cfg.k)
     elif m in ("per", "relaxed"):
@@ -220,6 +246,7 @@ def run(cfg: RunConfig, out: str, progress: bool = True, collect_after: bool = T
     method.model.eval()
     metrics = setup.final_metrics(method.model)
     artifacts = metrics.pop("_artifacts", None)
+    layers = method.report()
     if artifacts:
         import io
 
@@ -230,14 +257,26 @@ def run(cfg: RunConfig, out: str, progress: bool = True, collect_after: bool = T
         buf = io.BytesIO()
         np.savez(buf, **artifacts)
         atomic_write_bytes(run_dir / "artifacts.npz", buf.getvalue())
-    layers = method.report()
     defect = sum(r.defect_norm for r in layers) if layers else float("nan")
     if layers and hasattr(layers[0], "as_dict"):
         atomic_write_json(run_dir / "layers.json", [r.as_dict() for r in layers])
+    selection: Dict[str, Any] = {}
+    if result.get("selected"):
+        # the weights of the best validation evaluation: their metrics with the prefix sel_
+        sel = load_best_model(method.model, run_dir)
+        method.model.eval()
+        sel_metrics = setup.final_metrics(method.model)
+        sel_metrics.pop("_artifacts", None)
+        sel_layers = method.report()
+        selection = {f"sel_{k}": v for k, v in sel_metrics.items() if isinstance(v, (int, float))}
+        selection.update(sel_step=sel["step"], sel_metric=sel["metric"],
+                         sel_defect_sum=sum(r.defect_norm for r in sel_layers) if sel_layers else float("nan"))
+    selection.update(stopped_early=bool(result.get("stopped_early", False)), steps_trained=result.get("steps"),
+                     reported=exp.reports if result.get("selected") else "final")
     row = {
         "config": cfg.key(), "run_id": cfg.run_id(), **{k: v for k, v in cfg.key().items() if k != "options"},
         **{f"opt_{k}": v for k, v in cfg.options.items()},
-        **metrics, "defect_sum": defect, "preset_values": preset_values,
+        **metrics, "defect_sum": defect, **selection, "preset_values": preset_values,
         "time_per_step_s": result.get("time_per_step_s", float("nan")),
         "throughput": result.get("samples_per_s", float("nan")),
         "train_wall_s": time.perf_counter() - t0, "device": result.get("device", str(device)),
@@ -259,7 +298,7 @@ def sweep(experiment: str, out: str, grid: Dict[str, Sequence[Any]], base: Optio
     """Run every combination of ``grid`` (field name -> values) on top of ``base``; resumable.
 
     Methods without a penalty weight (``plain``, ``strict``) run once per other setting rather
-    than once per ``lambda_perp``.
+    than once per ``lambda_perp``, and methods without a training scheme once per ``scheme``.
     """
     base = dict(base or {})
     configs, seen = [], set()
@@ -268,6 +307,8 @@ def sweep(experiment: str, out: str, grid: Dict[str, Sequence[Any]], base: Optio
         if fields_.get("method") in ("plain", "strict"):
             fields_["lambda_perp"] = 0.0
             fields_["lambda_G"] = 0.0
+        if not takes_scheme(fields_.get("method", "projection")):
+            fields_["scheme"] = None
         cfg = RunConfig(experiment=experiment, **fields_)
         if cfg.run_id() not in seen:
             seen.add(cfg.run_id())

@@ -30,7 +30,8 @@ table, full views: symmetric up to the half-pixel rotation centre of scikit-imag
 Initialisation: He-normal convolutions with zero biases, and a zero final 1x1 convolution, so
 that every network starts as the identity (output = input). Every method but ``plain`` starts
 from the equivariant projection of that initialisation, each weight rescaled back to its
-former norm (:func:`equiproj.equivariant_init_`; ``--option init=random`` keeps the raw one).
+former norm (what :func:`equiproj.baselines.make_method` does by default, ``init="equivariant"``;
+``--option init=random`` keeps the raw one).
 
 Metrics: PSNR and SSIM outside the metal (:func:`equiproj.data.ct.psnr_outside_metal`, data
 range 2), of the output and of the FBP input; the relative equivariance error under the three
@@ -53,7 +54,7 @@ from ..data.ct import CTConfig, make_ct_dataset, psnr_outside_metal, ssim_outsid
 from ..groups import cyclic
 from ..metrics import equivariance_error
 from ..models import UNet2d
-from ..regularise import declare_model, equivariant_init_, report as layer_report
+from ..regularise import declare_model, report as layer_report
 from ..train import TrainConfig
 from ._core import (Experiment, RunConfig, Setup, figures_dir, group_rows, markdown_table, register_experiment,
                     save_figure)
@@ -209,8 +210,6 @@ class CTExperiment(Experiment):
 
         torch.manual_seed(cfg.seed)
         model = build_model(in_ch, preset["width"], preset["depth"], route=cfg.route).to(device)
-        if o["init"] == "equivariant" and cfg.method != "plain":
-            equivariant_init_(model)
 
         def loss_fn(m, batch):
             x, y, keep = batch
@@ -277,7 +276,8 @@ class CTExperiment(Experiment):
                          checkpoint_every=max(1, steps // 4))
         return Setup(model=model, train_data=(x_tr, y_tr, keep_tr), loss_fn=loss_fn, train_config=tc,
                      final_metrics=final_metrics, eval_fn=eval_fn,
-                     method_options=self.method_options(cfg, in_ch))
+                     method_options=dict(self.method_options(cfg, in_ch),
+                                         init="keep" if o["init"] == "random" else "equivariant"))
 
     # ------------------------------------------------------------------ report
     def report(self, rows: List[Dict[str, Any]], out: Path) -> str:
