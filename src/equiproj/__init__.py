@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 from . import actions, groups, metrics, nn, norms, projection
 from .projection import LinearProjector, Projector
 from .actions import transform_feature_map
+from ._checks import EquivarianceWarning, GridSizeWarning, ModelCheckError, ModelIssue, check_model, replace_norms_
 from .regularise import (LayerReport, LayerSpec, ProjectionRegulariser, constrain_, declare, declare_model,
                          declared_layers, equivariant_init_, format_report, project_, report, unconstrain_)
 
@@ -32,5 +33,7 @@ __all__ = [
     "declare", "declare_model", "declared_layers", "project_", "equivariant_init_", "constrain_", "unconstrain_",
     "report",
     "format_report", "transform_feature_map",
+    "check_model", "replace_norms_", "ModelIssue", "EquivarianceWarning", "GridSizeWarning",
+    "ModelCheckError",
     "__version__",
 ]

@@ -123,6 +123,7 @@ def _channels(m: nn.Module) -> Tuple[int, int]:
 def declare_model(model: nn.Module, group, in_rep: Optional[Representation] = None,
                   out_rep: Optional[Representation] = None, hidden: Optional[Representation] = None,
                   layers: Optional[dict] = None, skip=(), route: str = "auto", include_bias: bool = True,
+                  replace_norms=False, strict: bool = False, example_input=None,
                   **kw) -> List[Tuple[str, Representation, Representation]]:
     """Declare every ``Linear``, ``Conv{2,3}d`` and ``ConvTranspose{2,3}d`` of an existing model.
 
@@ -135,7 +136,11 @@ def declare_model(model: nn.Module, group, in_rep: Optional[Representation] = No
     :func:`project_` such a model is exactly equivariant for groups that map the grid onto
     itself, provided its nonlinearities, normalisations and poolings commute with the action
     (pointwise functions and max pooling do on regular fields; per-channel normalisation does
-    not).
+    not). ``replace_norms=True`` (or ``{name: rep}``) replaces torch's BatchNorm, GroupNorm and
+    LayerNorm by :class:`equiproj.nn.FieldBatchNorm` / :class:`equiproj.nn.FieldLayerNorm`
+    (:func:`equiproj.replace_norms_`). Then :func:`equiproj.check_model` warns once per module that
+    does not commute with the action (``strict=True``: raises; ``example_input``: an input whose
+    forward pass gives the sizes that strided layers need).
 
     Returns the list of ``(name, in_rep, out_rep)`` that was declared.
 
@@ -190,6 +195,9 @@ def declare_model(model: nn.Module, group, in_rep: Optional[Representation] = No
                 r_out = hidden_rep(c_out, name, "output")
         declare(m, r_in, r_out, route=route, include_bias=include_bias, name=name, **kw)
         declared.append((name, r_in, r_out))
+    from ._checks import finish_declare_model  # replace_norms, then check_model
+
+    finish_declare_model(model, hidden, replace_norms, strict, example_input)
     return declared
 
 
