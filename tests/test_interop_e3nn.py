@@ -89,6 +89,8 @@ def test_to_e3nn_round_trip_and_errors():
         from_e3nn("1o", cyclic(4))
     with pytest.raises(ValueError, match="dimension 0"):
         from_e3nn("0x1o")
+    with pytest.raises(TypeError, match="from_e3nn\\('4x0e \\+ 2x1o', o\\(3\\)\\(\\)\\)"):
+        o3().irreps("4x0e + 2x1o")
 
 
 def test_e3nn_features_go_through_unchanged():

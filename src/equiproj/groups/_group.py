@@ -130,6 +130,11 @@ class Group:
 
     def irreps(self, band_limit: Optional[int] = None) -> List[Irrep]:
         """All irreps of a finite group; the irreps up to ``band_limit`` of a continuous one."""
+        if isinstance(band_limit, str):
+            raise TypeError(
+                f"{self.name}.irreps(band_limit) takes an integer band limit, got the string {band_limit!r}; for an "
+                f"e3nn irreps string use equiproj.interop.e3nn.from_e3nn({band_limit!r}, {self.name.lower()}())"
+            )
         if band_limit is None:
             if not self.is_finite:
                 raise ValueError(f"{self.name} has infinitely many irreps: pass band_limit=L")
