@@ -254,7 +254,8 @@ def _norm_issue(name: str, m: nn.Module, rep: Optional[Representation]) -> Optio
             for _, idx in rep.field_blocks())
         if perm and not m.affine and aligned:
             return None
-        problem = (f"its {'per-channel affine parameters and ' if m.affine else ''}group statistics do not commute with "
+        affine = "per-channel affine parameters and " if m.affine else ""
+        problem = (f"its {affine}group statistics do not commute with "
                    f"{rep.name} of {G}" + ("" if aligned else " (its channel groups cut through fields)"))
     else:  # LayerNorm
         if perm and not m.elementwise_affine:

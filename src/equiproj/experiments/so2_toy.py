@@ -305,7 +305,8 @@ class SO2Toy(Experiment):
             elif r["method"] == "plain":
                 label = "harmonic, no penalty"
             else:
-                label = f"harmonic, {r['method']}" + (f" λ⊥={r['lambda_perp']:g}" if r["method"] == "projection" else "")
+                lam = f" λ⊥={r['lambda_perp']:g}" if r["method"] == "projection" else ""
+                label = f"harmonic, {r['method']}{lam}"
             curves.setdefault(label, {}).setdefault(float(r["level"]), []).append(r)
         if not curves:
             return None

@@ -105,7 +105,8 @@ class Group:
         err = float((R64 @ R64.transpose(-1, -2) - torch.eye(d, dtype=_F64, device=R.device)).abs().amax()) \
             if R.shape[0] else 0.0
         if err > tol:
-            raise ValueError(f"{self.name}: the matrices must be orthogonal, but max |R R^T - I| = {err:.3g} > {tol:g}; "
+            raise ValueError(f"{self.name}: the matrices must be orthogonal, but max |R R^T - I| = "
+                             f"{err:.3g} > {tol:g}; "
                              "orthogonalise them first (equiproj.groups.orthogonalize)")
         return R
 

@@ -48,7 +48,8 @@ except ImportError:  # pragma: no cover - depends on the environment
         from pytorch_lightning import Callback
     except ImportError as err:
         raise ImportError(
-            "equiproj.integrations.lightning needs Lightning: pip install -e \".[lightning]\" (or pip install lightning)"
+            "equiproj.integrations.lightning needs Lightning: pip install -e \".[lightning]\" "
+            "(or pip install lightning)"
         ) from err
 
 __all__ = ["ProjectionRegulariserCallback"]

@@ -375,7 +375,9 @@ class FieldLayerNorm(_FieldNorm):
         d = self.channel_dim % x.ndim if x.ndim else 0
         self._check_channels(x, d, f"an input with channels in dimension {self.channel_dim}")
         dims: Sequence[int] = [d] + (list(range(d + 1, x.ndim)) if self.over_space else [])
-        mask = self._on_channels(self.centred_channels.to(x.dtype), x.ndim, d, per_group=False) if self.n_centred_channels else None
+        mask = None
+        if self.n_centred_channels:
+            mask = self._on_channels(self.centred_channels.to(x.dtype), x.ndim, d, per_group=False)
         if mask is not None:
             count = self.n_centred_channels
             for k in dims[1:]:
