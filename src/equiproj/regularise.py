@@ -165,7 +165,7 @@ def declare_model(model: nn.Module, group, in_rep: Optional[Representation] = No
     [('0', 1, 8), ('2', 8, 1)]
     """
     in_rep, out_rep, hidden = _as_representations(in_rep, out_rep, hidden, group=group)
-    layers = {k: _as_representations(*v, group=group) for k, v in (layers or {}).items()}
+    layers = {k: v if v is None else _as_representations(*v, group=group) for k, v in (layers or {}).items()}
     candidates = [(name, m) for name, m in model.named_modules() if isinstance(m, _SUPPORTED) and name not in skip]
     if not candidates:
         raise ValueError("declare_model: the model has no nn.Linear or convolution layers")
