@@ -10,7 +10,7 @@ import torch
 # few (often shared) cores, where threads oversubscribe them (measured: 15-30 times on 2 busy cores).
 torch.set_num_threads(1)
 
-from equiproj.groups import cyclic, dihedral, finite_group, o2, o3, orthogonalize, so2, so3, symmetric
+from equiproj.groups import cyclic, dihedral, finite_group, o2, o3, orthogonalize, so2, so3, symmetric  # noqa: E402
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 

@@ -15,7 +15,7 @@ from scipy.optimize import minimize
 from torch import nn
 from torch.nn.utils import parametrize
 
-from equiproj import (LinearProjector, ProjectionRegulariser, SplitParametrization, constrain_, declare, project_,
+from equiproj import (ProjectionRegulariser, constrain_, project_,
                       report, split_, unconstrain_)
 from equiproj.baselines import make_method
 from equiproj.groups import cyclic, so3

@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 from . import actions, groups, metrics, nn, norms, projection
 from .projection import LinearProjector, Projector
 from .actions import transform_feature_map
+from ._checks import EquivarianceWarning, GridSizeWarning, ModelCheckError, ModelIssue, check_model, replace_norms_
 from .regularise import (DEFAULT_SCHEME, SCHEMES, LayerReport, LayerSpec, ProjectionRegulariser, SplitParametrization,
                          constrain_, declare, declare_model, declared_layers, equivariant_init_, format_report,
                          initialise_, project_, report, split_, unconstrain_)
@@ -33,5 +34,7 @@ __all__ = [
     "declare", "declare_model", "declared_layers", "project_", "equivariant_init_", "initialise_", "constrain_",
     "unconstrain_", "split_", "SplitParametrization", "SCHEMES", "DEFAULT_SCHEME", "report",
     "format_report", "transform_feature_map",
+    "check_model", "replace_norms_", "ModelIssue", "EquivarianceWarning", "GridSizeWarning",
+    "ModelCheckError",
     "__version__",
 ]

@@ -4,19 +4,19 @@ Every norm maps matrices of shape ``(..., m, n)`` to a tensor of shape ``(...)``
 differentiable. For a convolution the matrix is the unfolding ``c_out x (c_in k^d)`` of the
 kernel (plus a bias column when biases are penalised); see ``docs/norms.md``.
 
-=====================  ===========================================================
-name                   value
-=====================  ===========================================================
-``'fro'``              :math:`\|M\|_F = (\sum_{ij} M_{ij}^2)^{1/2}`
-``'fro2'``             :math:`\|M\|_F^2`
-``'spectral'``         largest singular value by power iteration, warm-started
-``'spectral_exact'``   largest singular value by SVD
-``'nuclear'``          sum of singular values
-``'max'``              :math:`\max_{ij} |M_{ij}|`
-``'l1'``               :math:`\sum_{ij} |M_{ij}|`
-``'l21'``, ``'mixed'`` :math:`\|M\|_{p,q} = (\sum_i (\sum_j |M_{ij}|^p)^{q/p})^{1/q}`,
-                       rows (output units) first; ``'l21'`` is ``p=2, q=1``
-=====================  ===========================================================
+========================  ===========================================================
+name                      value
+========================  ===========================================================
+``'fro'``                 :math:`\|M\|_F = (\sum_{ij} M_{ij}^2)^{1/2}`
+``'fro2'``                :math:`\|M\|_F^2`
+``'spectral'``            largest singular value by power iteration, warm-started
+``'spectral_exact'``      largest singular value by SVD
+``'nuclear'``             sum of singular values
+``'max'``                 :math:`\max_{ij} |M_{ij}|`
+``'l1'``                  :math:`\sum_{ij} |M_{ij}|`
+``'l21'``, ``'mixed'``    :math:`\|M\|_{p,q} = (\sum_i (\sum_j |M_{ij}|^p)^{q/p})^{1/q}`,
+                          rows (output units) first; ``'l21'`` is ``p=2, q=1``
+========================  ===========================================================
 
 :class:`ConvOperatorNorm` is different: it sees the kernel ``(c_out, c_in, *k)`` itself and
 returns the exact operator norm of the convolution with circular padding on a given input

@@ -61,6 +61,12 @@ class LayerSpec:
         return self.projector.group
 
 
+def _as_representations(*reps, group=None):
+    from .interop.e3nn import as_representations  # Representations pass through; e3nn strings
+
+    return as_representations(*reps, group=group)
+
+
 def _action_for(module: nn.Module, in_rep: Representation, out_rep: Representation, name: str, **kw):
     if not isinstance(in_rep, Representation) or not isinstance(out_rep, Representation):
         raise TypeError(f"layer '{name}': in_rep and out_rep must be equiproj.groups.Representation objects")
@@ -89,8 +95,10 @@ def declare(module: nn.Module, in_rep: Representation, out_rep: Representation, 
     Parameters
     ----------
     module : nn.Linear (or a convolution, see :mod:`equiproj.actions`)
-    in_rep, out_rep : Representation
-        Representations on the input and output features; their dimensions must match.
+    in_rep, out_rep : Representation or str
+        Representations on the input and output features; their dimensions must match. An
+        e3nn irreps string (``"4x0e + 2x1o"``) is read by :func:`equiproj.interop.e3nn.from_e3nn`,
+        for the group of the other argument (``o3()`` if both are strings).
     route : str
         Projection route (see :class:`equiproj.Projector`).
     include_bias : bool
@@ -114,6 +122,7 @@ def declare(module: nn.Module, in_rep: Representation, out_rep: Representation, 
     >>> [r.name for r in reg.report()]
     ['0', '2']
     """
+    in_rep, out_rep = _as_representations(in_rep, out_rep)  # also e3nn strings such as "4x0e + 2x1o"
     label = name or type(module).__name__
     kw = {k: v for k, v in kw.items() if v is not None}
     action = _action_for(module, in_rep, out_rep, label, **kw)
@@ -133,6 +142,7 @@ def _channels(m: nn.Module) -> Tuple[int, int]:
 def declare_model(model: nn.Module, group, in_rep: Optional[Representation] = None,
                   out_rep: Optional[Representation] = None, hidden: Optional[Representation] = None,
                   layers: Optional[dict] = None, skip=(), route: str = "auto", include_bias: bool = True,
+                  replace_norms=False, strict: bool = False, example_input=None,
                   **kw) -> List[Tuple[str, Representation, Representation]]:
     """Declare every ``Linear``, ``Conv{2,3}d`` and ``ConvTranspose{2,3}d`` of an existing model.
 
@@ -140,12 +150,17 @@ def declare_model(model: nn.Module, group, in_rep: Optional[Representation] = No
     ``in_rep`` (default: ``c * trivial``), its output channels (those of its last layer) carry
     ``out_rep`` (default: ``c * trivial``), and every other channel dimension carries copies of
     the field type ``hidden`` (default: ``group.regular()``), so each hidden width must be a
-    multiple of ``hidden.dim`` (``|G|`` for regular fields). ``layers`` maps a layer name to its
+    multiple of ``hidden.dim`` (``|G|`` for regular fields); for ``so3()`` and ``o3()`` every
+    representation may be an e3nn irreps string (``hidden="8x0e + 4x1o"``). ``layers`` maps a layer name to its
     own ``(in_rep, out_rep)``; layers named in ``skip`` are left undeclared. After
     :func:`project_` such a model is exactly equivariant for groups that map the grid onto
     itself, provided its nonlinearities, normalisations and poolings commute with the action
     (pointwise functions and max pooling do on regular fields; per-channel normalisation does
-    not).
+    not). ``replace_norms=True`` (or ``{name: rep}``) replaces torch's BatchNorm, GroupNorm and
+    LayerNorm by :class:`equiproj.nn.FieldBatchNorm` / :class:`equiproj.nn.FieldLayerNorm`
+    (:func:`equiproj.replace_norms_`). Then :func:`equiproj.check_model` warns once per module that
+    does not commute with the action (``strict=True``: raises; ``example_input``: an input whose
+    forward pass gives the sizes that strided layers need).
 
     Returns the list of ``(name, in_rep, out_rep)`` that was declared.
 
@@ -159,7 +174,8 @@ def declare_model(model: nn.Module, group, in_rep: Optional[Representation] = No
     >>> [(name, i.dim, o.dim) for name, i, o in declare_model(model, cyclic(4))]
     [('0', 1, 8), ('2', 8, 1)]
     """
-    layers = dict(layers or {})
+    in_rep, out_rep, hidden = _as_representations(in_rep, out_rep, hidden, group=group)
+    layers = {k: v if v is None else _as_representations(*v, group=group) for k, v in (layers or {}).items()}
     candidates = [(name, m) for name, m in model.named_modules() if isinstance(m, _SUPPORTED) and name not in skip]
     if not candidates:
         raise ValueError("declare_model: the model has no nn.Linear or convolution layers")
@@ -200,6 +216,9 @@ def declare_model(model: nn.Module, group, in_rep: Optional[Representation] = No
                 r_out = hidden_rep(c_out, name, "output")
         declare(m, r_in, r_out, route=route, include_bias=include_bias, name=name, **kw)
         declared.append((name, r_in, r_out))
+    from ._checks import finish_declare_model  # replace_norms, then check_model
+
+    finish_declare_model(model, hidden, replace_norms, strict, example_input)
     return declared
 
 

@@ -251,17 +251,30 @@ class SO2Toy(Experiment):
         n_rows, n_cols = max(1, len(lgs)), len(lps) + (1 if mlp else 0)
         if n_cols == 0:
             return None
-        fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.2 * n_cols, 2.2 * n_rows), squeeze=False)
+        from matplotlib.lines import Line2D
+
+        # one colour map for the regions and the points: the predicted probability of class 1
+        # underneath, the true class of every point on top (same colours, so a correct
+        # classifier shows points on the region of their own colour)
+        cmap, ext = plt.get_cmap("coolwarm"), (-3.5, 3.5, -3.5, 3.5)
+        markers = {0: "o", 1: "^"}
+        fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.0 * n_cols + 1.2, 2.0 * n_rows + 0.9), squeeze=False,
+                                 layout="constrained")
         for ax in axes.flat:
             ax.set_axis_off()
+        image = None
 
         def draw(ax, r, title):
+            nonlocal image
             a = np.load(Path(out) / "runs" / r["run_id"] / "artifacts.npz")
             prob, x, y = a["grid_prob"], a["x"], a["y"]
-            ax.imshow(prob, origin="lower", extent=(-3.5, 3.5, -3.5, 3.5), cmap="RdBu", vmin=0, vmax=1)
-            ax.contour(np.linspace(-3.5, 3.5, prob.shape[0]), np.linspace(-3.5, 3.5, prob.shape[0]), prob,
-                       levels=[0.5], colors="k", linewidths=1)
-            ax.scatter(x[:, 0], x[:, 1], c=y, s=3, cmap="coolwarm", edgecolors="none")
+            image = ax.imshow(prob, origin="lower", extent=ext, cmap=cmap, vmin=0, vmax=1, alpha=0.8)
+            lin = np.linspace(-3.5, 3.5, prob.shape[0])
+            ax.contour(lin, lin, prob, levels=[0.5], colors="k", linewidths=1)
+            for c, mk in markers.items():
+                sel = y == c
+                ax.scatter(x[sel, 0], x[sel, 1], color=cmap(float(c)), marker=mk, s=9, edgecolors="k",
+                           linewidths=0.4)
             ax.set_title(f"{title}\ninv. err {r['invariance_error']:.2g}", fontsize=7)
             ax.set_axis_on()
             ax.set_xticks([])
@@ -274,7 +287,12 @@ class SO2Toy(Experiment):
             draw(axes[i, j], r, f"λG={r['lambda_G']:g}, λ⊥={r['lambda_perp']:g}")
         if mlp:
             draw(axes[0, -1], mlp[0], "plain MLP")
-        fig.suptitle("so2-toy wedge: decision boundaries (rows λG, columns λ⊥)", fontsize=9)
+        fig.colorbar(image, ax=axes, shrink=0.6, label="predicted probability of class 1")
+        handles = [Line2D([], [], linestyle="none", marker=markers[c], markerfacecolor=cmap(float(c)),
+                          markeredgecolor="k", markeredgewidth=0.5, markersize=6, label=f"class {c}")
+                   for c in markers] + [Line2D([], [], color="k", linewidth=1, label="decision boundary (p = 0.5)")]
+        fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=8, frameon=False)
+        fig.suptitle("so2-toy wedge: decision boundaries (rows λG, columns λ⊥)", fontsize=10)
         return save_figure(fig, figures_dir(out) / "so2_toy_wedge_boundaries.png")
 
     def _amplitude_plot(self, rows, out: Path, plt):
@@ -282,22 +300,35 @@ class SO2Toy(Experiment):
         for r in rows:
             if r.get("level") is None:
                 continue
-            label = ("MLP" if r["opt_arch"] == "mlp" else
-                     f"{r['method']}" + (f" λ⊥={r['lambda_perp']:g}" if r["method"] == "projection" else ""))
+            if r["opt_arch"] == "mlp":
+                label = "plain MLP" if r["method"] == "plain" else f"MLP, {r['method']}"
+            elif r["method"] == "plain":
+                label = "harmonic, no penalty"
+            else:
+                lam = f" λ⊥={r['lambda_perp']:g}" if r["method"] == "projection" else ""
+                label = f"harmonic, {r['method']}{lam}"
             curves.setdefault(label, {}).setdefault(float(r["level"]), []).append(r)
         if not curves:
             return None
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10.5, 3.6), layout="constrained")
+        n_seeds = set()
         for label, pts in sorted(curves.items()):
             lv = sorted(pts)
-            acc = [np.mean([r["test_accuracy"] for r in pts[v]]) for v in lv]
-            inv = [np.mean([r["invariance_error"] for r in pts[v]]) for v in lv]
-            a1.plot(lv, acc, marker="o", label=label)
-            a2.plot(lv, inv, marker="o", label=label)
+            for ax, key in ((a1, "test_accuracy"), (a2, "invariance_error")):
+                vals = [np.array([r[key] for r in pts[v]], dtype=float) for v in lv]
+                mean = np.array([v.mean() for v in vals])
+                lo = mean - np.array([v.min() for v in vals])
+                hi = np.array([v.max() for v in vals]) - mean
+                ax.errorbar(lv, mean, yerr=[lo, hi], marker="o", markersize=4, capsize=3, label=label)
+            n_seeds.update(len(pts[v]) for v in lv)
         a1.set_xlabel("amplitude a")
         a1.set_ylabel("test accuracy")
         a2.set_xlabel("amplitude a")
         a2.set_ylabel("invariance error")
         a2.set_yscale("log")
-        a2.legend(fontsize=7)
+        seeds = "/".join(str(n) for n in sorted(n_seeds))
+        handles, labels = a2.get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside right center", fontsize=8,
+                   title=f"mean over {seeds} seed(s)\nbars: min to max", title_fontsize=8)
+        fig.suptitle("so2-toy wavey rings: test accuracy and invariance error against the amplitude", fontsize=10)
         return save_figure(fig, figures_dir(out) / "so2_toy_rings_amplitude.png")

@@ -85,6 +85,13 @@ class SO2(Group):
     def generators(self):
         return torch.zeros(0, dtype=_F64)
 
+    def elements_from_matrices(self, R):
+        """Angles ``theta`` in ``[0, 2 pi)`` of rotation matrices ``R`` of shape ``(n, 2, 2)``."""
+        R = self._matrices_arg(R, 2)
+        if R.shape[0] and bool((torch.linalg.det(R.to(_F64)) < 0).any()):
+            raise ValueError("SO(2) elements must have determinant +1; use o2() for reflections")
+        return torch.remainder(torch.atan2(R[:, 1, 0], R[:, 0, 0]), 2 * math.pi)
+
     def quadrature(self, band_limit=0):
         N = 2 * band_limit + 1
         return 2 * math.pi * torch.arange(N, dtype=_F64) / N, torch.full((N,), 1.0 / N, dtype=_F64)
@@ -171,6 +178,14 @@ class O2(Group):
 
     def generators(self):
         return torch.tensor([[0.0, 1.0]], dtype=_F64)
+
+    def elements_from_matrices(self, R):
+        """``[theta, s]`` with ``R = rot(theta) f^s`` for orthogonal ``R`` of shape ``(n, 2, 2)``."""
+        R = self._matrices_arg(R, 2)
+        s = (torch.linalg.det(R.to(_F64)) < 0).to(R.dtype)
+        Rr = torch.where(s[:, None, None] > 0.5, R @ _F.to(R), R)  # rot(theta) = R f^s
+        theta = torch.remainder(torch.atan2(Rr[:, 1, 0], Rr[:, 0, 0]), 2 * math.pi)
+        return torch.stack([theta, s], -1)
 
     def quadrature(self, band_limit=0):
         N = 2 * band_limit + 1
@@ -383,6 +398,23 @@ class SO3(Group):
 
     def generators(self):
         return torch.zeros(0, 3, 3, dtype=_F64)
+
+    def elements_from_matrices(self, R):
+        """The elements given by rotation (for O(3): orthogonal) matrices ``R`` of shape ``(n, 3, 3)``.
+
+        Elements of SO(3) and O(3) *are* their matrices, so this checks them (orthogonality to 1e-4
+        in float32 and 1e-8 in float64, the determinant) and returns them as a batch, in their dtype.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from equiproj.groups import o3
+        >>> G = o3()
+        >>> R = -torch.eye(3)[None]                      # the inversion
+        >>> G.irrep(1, -1)(G.elements_from_matrices(R))[0].diagonal().tolist()
+        [-1.0, -1.0, -1.0]
+        """
+        return self.as_elements(self._matrices_arg(R, 3))
 
     def quadrature(self, band_limit=0):
         return _so3_quadrature(band_limit)

@@ -84,6 +84,32 @@ class Group:
         reflection or inversion that, with the Lie algebra, generates the group."""
         raise NotImplementedError
 
+    def elements_from_matrices(self, R) -> torch.Tensor:
+        """The elements whose defining matrices (``G.standard()``) are ``R``, shape ``(n, d, d)``.
+
+        Then ``rho(G.elements_from_matrices(R))`` evaluates any representation ``rho`` at the
+        group elements given as matrices (rotation matrices from e3nn, for instance). Matrices
+        that are not orthogonal, or not in the group, raise a ``ValueError``.
+        """
+        raise NotImplementedError(f"{self.name} has no elements_from_matrices")
+
+    def _matrices_arg(self, R, d: int) -> torch.Tensor:
+        R = torch.as_tensor(R)
+        if not R.is_floating_point():
+            R = R.to(torch.get_default_dtype())
+        if R.shape[-2:] != (d, d):
+            raise ValueError(f"{self.name}: expected matrices of shape (n, {d}, {d}), got {tuple(R.shape)}")
+        R = R.reshape(-1, d, d)
+        tol = 1e-4 if R.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-8
+        R64 = R.to(_F64)
+        err = float((R64 @ R64.transpose(-1, -2) - torch.eye(d, dtype=_F64, device=R.device)).abs().amax()) \
+            if R.shape[0] else 0.0
+        if err > tol:
+            raise ValueError(f"{self.name}: the matrices must be orthogonal, but max |R R^T - I| = "
+                             f"{err:.3g} > {tol:g}; "
+                             "orthogonalise them first (equiproj.groups.orthogonalize)")
+        return R
+
     @property
     def lie_algebra_dim(self) -> int:
         return 0
@@ -105,6 +131,11 @@ class Group:
 
     def irreps(self, band_limit: Optional[int] = None) -> List[Irrep]:
         """All irreps of a finite group; the irreps up to ``band_limit`` of a continuous one."""
+        if isinstance(band_limit, str):
+            raise TypeError(
+                f"{self.name}.irreps(band_limit) takes an integer band limit, got the string {band_limit!r}; for an "
+                f"e3nn irreps string use equiproj.interop.e3nn.from_e3nn({band_limit!r}, {self.name.lower()}())"
+            )
         if band_limit is None:
             if not self.is_finite:
                 raise ValueError(f"{self.name} has infinitely many irreps: pass band_limit=L")
@@ -226,6 +257,26 @@ class FiniteGroup(Group):
 
     def generators(self) -> torch.Tensor:
         return self._generators
+
+    def elements_from_matrices(self, R) -> torch.Tensor:
+        """Indices of the elements whose defining matrices are ``R`` (matched to 1e-6).
+
+        Examples
+        --------
+        >>> from equiproj.groups import dihedral
+        >>> G = dihedral(4)
+        >>> G.elements_from_matrices(G.standard()(G.elements())).tolist()
+        [0, 1, 2, 3, 4, 5, 6, 7]
+        """
+        M = self.standard()(self.elements(), dtype=_F64)
+        R = self._matrices_arg(R, M.shape[-1]).to(_F64)
+        dist = (R[:, None] - M[None].to(R.device)).abs().flatten(2).amax(-1)  # (n, |G|)
+        best, idx = dist.min(dim=1)
+        if R.shape[0] and float(best.max()) > 1e-6:
+            i = int(best.argmax())
+            raise ValueError(f"matrix {i} is not the defining matrix of an element of {self.name} "
+                             f"(nearest differs by {float(best[i]):.3g})")
+        return idx.cpu()
 
     def quadrature(self, band_limit: int = 0):
         return self.elements(), torch.full((self._order,), 1.0 / self._order, dtype=_F64)
