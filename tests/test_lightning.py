@@ -37,6 +37,9 @@ class Module(pl.LightningModule):
         return loss
 
     def configure_optimizers(self):
+        regs = [cb.regulariser for cb in self.trainer.callbacks if isinstance(cb, ProjectionRegulariserCallback)]
+        if regs and getattr(self, "use_groups", True):  # the split scheme's B at its own learning rate
+            return torch.optim.SGD(regs[0].param_groups(self.parameters(), lr=self.lr))
         return torch.optim.SGD(self.parameters(), lr=self.lr)
 
 
@@ -64,7 +67,7 @@ def test_trainer_matches_a_plain_loop_and_logs(tmp_path, scheme):
     trainer.fit(Module(net), loader)
     # the same steps by hand: SGD on task loss + penalty (or with the proximal hook)
     reg = equiproj.ProjectionRegulariser(ref, lambda_perp=lam, lambda_G=0.01, scheme=scheme)
-    opt = torch.optim.SGD(ref.parameters(), lr=0.05)
+    opt = torch.optim.SGD(reg.param_groups(ref.parameters(), lr=0.05))
     reg.attach(opt)
     for _ in range(steps):
         opt.zero_grad()
@@ -85,7 +88,7 @@ def test_trainer_matches_a_plain_loop_and_logs(tmp_path, scheme):
 
 def test_penalty_pulls_towards_equivariance_and_projects_at_end(tmp_path):
     _, _, loader = _data()
-    weak, strong = (ProjectionRegulariserCallback(lambda_perp=lam, norm="fro2", log_every_n_steps=5)
+    weak, strong = (ProjectionRegulariserCallback(lambda_perp=lam, norm="fro2", log_every_n_steps=5, scheme="penalty")
                     for lam in (0.0, 5.0))
     for cb in (weak, strong):
         _trainer(tmp_path, cb, 10).fit(Module(_net()), loader)
@@ -116,3 +119,11 @@ def test_unknown_scheme_is_refused(tmp_path):
     _, _, loader = _data()
     with pytest.raises(ValueError, match="unknown scheme 'prox'"):
         _trainer(tmp_path, ProjectionRegulariserCallback(lambda_perp=0.1, scheme="prox"), 1).fit(Module(_net()), loader)
+
+
+def test_split_scheme_warns_when_B_shares_the_learning_rate(tmp_path):
+    _, _, loader = _data()
+    module = Module(_net())
+    module.use_groups = False
+    with pytest.warns(UserWarning, match="train at the same learning rate instead of perp_lr=0.01"):
+        _trainer(tmp_path, ProjectionRegulariserCallback(lambda_perp=0.1), 1).fit(module, loader)

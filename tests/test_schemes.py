@@ -346,3 +346,26 @@ def test_proximal_scheme_is_identical_on_two_gloo_ranks(tmp_path):
     assert all(torch.equal(r0["state"][k], r1["state"][k]) for k in r0["state"])
     assert r0["history"] == r1["history"]
     assert math.isfinite(r0["history"]["train"][-1]["penalty"])
+
+
+def test_perp_lr_gives_B_its_own_learning_rate(tmp_path):
+    x, y = _data()
+    m = make_method("projection", c4_net(), lambda_perp=0.1, perp_lr=0.1)
+    B = {id(t) for t in m.regulariser.perp_parameters()}
+    assert len(B) == 4  # weight and bias of two layers
+    seen = []
+
+    def look(step, state):
+        seen.append([(g["lr"], sum(id(p) in B for p in g["params"]), len(g["params"]))
+                     for g in state.optimizer.param_groups])
+
+    cfg = TrainConfig(steps=2, batch_size=16, lr=0.05, schedule="cosine", device="cpu")
+    fit(m.model, (x, y), cfg, _mse, None, regulariser=m, callbacks=[look], progress=False)
+    (lr_a, nb_a, n_a), (lr_b, nb_b, n_b) = seen[0]
+    assert nb_a == 0 and nb_b == n_b == 4 and lr_b == pytest.approx(0.1 * lr_a)
+    assert seen[1][1][0] == pytest.approx(0.1 * seen[1][0][0])  # the schedule keeps the ratio
+    assert ProjectionRegulariser(c4_net(), 0.1, scheme="penalty").param_groups(lr=0.3)[0]["lr"] == 0.3
+    with pytest.raises(ValueError, match="perp_lr .* needs a split scheme"):
+        ProjectionRegulariser(c4_net(), 0.1, scheme="proximal", perp_lr=0.1)
+    with pytest.raises(ValueError, match="perp_lr must be a finite number > 0"):
+        ProjectionRegulariser(c4_net(), 0.1, perp_lr=0)

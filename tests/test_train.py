@@ -72,7 +72,7 @@ def weights_equal(a: nn.Module, b: nn.Module) -> bool:
 def test_fit_learns_logs_penalty_and_writes_result(tmp_path):
     x, y = make_data()
     model = make_model()
-    reg = ProjectionRegulariser(model, lambda_perp=0.3)
+    reg = ProjectionRegulariser(model, lambda_perp=0.3, scheme="penalty")  # from a random, non-equivariant start
     cfg = TrainConfig(steps=40, batch_size=16, lr=0.02, log_every=5, eval_every=20, checkpoint_every=20,
                       device="cpu", meta={"lambda_perp": 0.3})
     out = tmp_path / "run"

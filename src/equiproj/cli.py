@@ -65,6 +65,9 @@ def _add_common(p: argparse.ArgumentParser, sweep: bool) -> None:
     p.add_argument("--scheme" + ("s" if sweep else ""), dest="scheme", nargs=n, default=None,
                    help="training scheme of the projection method: split (default), penalty (the paper's), "
                         "proximal, split-proximal (see docs/training.md)")
+    p.add_argument("--perp-lr", dest="perp_lr", type=float, nargs=n, default=None,
+                   help="learning rate of the non-equivariant part B relative to the rest (split schemes; "
+                        "default 0.01)")
     p.add_argument("--k", type=int, nargs=n, default=None, help="sampled group elements (sample-based methods)")
     p.add_argument("--seed" + ("s" if sweep else ""), dest="seed", type=int, nargs=n, default=None, help="random seed")
     p.add_argument("--level" + ("s" if sweep else ""), dest="level", type=float, nargs=n, default=None,
@@ -169,7 +172,7 @@ def _dispatch(args) -> int:
                            norm=args.norm or "fro", route=args.route or "auto", k=args.k or 1,
                            seed=0 if args.seed is None else args.seed, preset=args.preset,
                            level=args.level, steps=args.steps, device=args.device, options=options,
-                           scheme=args.scheme)
+                           scheme=args.scheme, perp_lr=args.perp_lr)
         if cfg.level is None:
             cfg.level = ex.get_experiment(args.experiment).default_level
         row = ex.run(cfg, args.out, progress=not args.quiet)
@@ -181,7 +184,7 @@ def _dispatch(args) -> int:
     exp = ex.get_experiment(args.experiment)
     given = {f: v for f, v in (("method", args.methods), ("lambda_perp", args.lambda_perp),
                                ("lambda_G", args.lambda_G), ("norm", args.norm), ("route", args.route),
-                               ("scheme", args.scheme),
+                               ("scheme", args.scheme), ("perp_lr", args.perp_lr),
                                ("k", args.k), ("seed", args.seed), ("level", args.level)) if v is not None}
     # the experiment's default grid only when no axis is given at all
     grid: Dict[str, List[Any]] = {f: list(v) for f, v in (given or exp.default_sweep).items()}

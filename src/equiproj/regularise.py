@@ -42,7 +42,7 @@ __all__ = [
     "LayerSpec", "declare", "declare_model", "declared_layers", "ProjectionRegulariser", "LayerReport", "project_",
     "equivariant_init_", "initialise_", "INIT_MODES",
     "constrain_", "unconstrain_", "split_", "SplitParametrization", "report", "format_report", "SPEC_ATTR",
-    "SCHEMES", "DEFAULT_SCHEME",
+    "SCHEMES", "DEFAULT_SCHEME", "DEFAULT_PERP_LR",
 ]
 
 #: Name of the attribute that marks a declared layer.
@@ -238,6 +238,8 @@ def declared_layers(model: nn.Module) -> List[Tuple[str, nn.Module, LayerSpec]]:
 SCHEMES = ("penalty", "split", "proximal", "split-proximal")
 #: The scheme used when none is given (chosen by the measurements in ``docs/training.md``).
 DEFAULT_SCHEME = "split"
+#: The learning rate of ``B`` relative to the rest, in the split schemes (see ``docs/training.md``).
+DEFAULT_PERP_LR = 0.1
 _PROX_NORMS = ("fro", "fro2")
 
 
@@ -567,7 +569,7 @@ class ProjectionRegulariser:
     needs_batch = False
 
     def __init__(self, model: nn.Module, lambda_perp: float, lambda_G: float = 0.0, norm="fro",
-                 include_bias: Optional[bool] = None, scheme: str = DEFAULT_SCHEME):
+                 include_bias: Optional[bool] = None, scheme: str = DEFAULT_SCHEME, perp_lr: Optional[float] = None):
         for nm, v in (("lambda_perp", lambda_perp), ("lambda_G", lambda_G)):
             try:
                 ok = float(v) >= 0 and math.isfinite(float(v))
@@ -594,6 +596,18 @@ class ProjectionRegulariser:
                 "the model has no declared layers: build it from equiproj.nn layers or call "
                 "equiproj.declare(layer, in_rep, out_rep) first"
             )
+        if perp_lr is not None:
+            try:
+                ok = float(perp_lr) > 0 and math.isfinite(float(perp_lr))
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ValueError(f"perp_lr must be a finite number > 0, got {perp_lr!r}")
+            if scheme not in ("split", "split-proximal"):
+                raise ValueError(f"perp_lr (the step size of B in W = P(A) + (I - P) B) needs a split scheme, not "
+                                 f"{scheme!r}: use scheme='split' or 'split-proximal', or leave perp_lr out")
+        self.perp_lr = (DEFAULT_PERP_LR if perp_lr is None else float(perp_lr)) if scheme in (
+            "split", "split-proximal") else None
         if scheme in ("split", "split-proximal"):
             split_(model, include_bias=include_bias)
         self._perp_norms = {name: base.fresh() for name, _, _ in self.layers}
@@ -645,6 +659,31 @@ class ProjectionRegulariser:
         return self.value()
 
     __call__ = penalty
+
+    def perp_parameters(self) -> List[torch.Tensor]:
+        """The tensors ``B`` of the split layers (empty for the other schemes)."""
+        out = []
+        for _, m, _ in self.layers:
+            for pname in ("weight", "bias"):
+                ab = _split_originals(m, pname)
+                if ab is not None:
+                    out.append(ab[1])
+        return out
+
+    def param_groups(self, params=None, lr: float = 1e-3) -> List[dict]:
+        """Optimiser parameter groups: ``B`` of the split layers at ``perp_lr * lr``, the rest at ``lr``.
+
+        ``params`` defaults to the model's parameters; pass the result to any torch optimiser,
+        ``torch.optim.Adam(reg.param_groups(lr=3e-3))``. :func:`equiproj.train.fit` does this itself.
+        Other schemes (or ``perp_lr == 1``) give one group.
+        """
+        params = list(self.model.parameters() if params is None else params)
+        perp = {id(t) for t in self.perp_parameters()}
+        rest = [p for p in params if id(p) not in perp]
+        mine = [p for p in params if id(p) in perp]
+        if not mine or self.perp_lr in (None, 1.0):
+            return [{"params": params, "lr": lr}]
+        return [{"params": rest, "lr": lr}, {"params": mine, "lr": lr * self.perp_lr}]
 
     # ------------------------------------------------------------------ the proximal step
     def attach(self, optimizer: torch.optim.Optimizer):
@@ -757,8 +796,9 @@ class ProjectionRegulariser:
         project_(self.model)
 
     def __repr__(self) -> str:
+        extra = "" if self.perp_lr is None else f", perp_lr={self.perp_lr:g}"
         return (f"ProjectionRegulariser({len(self.layers)} layers, lambda_perp={self.lambda_perp}, "
-                f"lambda_G={self.lambda_G}, norm={self.norm_name!r}, scheme={self.scheme!r})")
+                f"lambda_G={self.lambda_G}, norm={self.norm_name!r}, scheme={self.scheme!r}{extra})")
 
 
 # ---------------------------------------------------------------------------------- projection, init, constraint

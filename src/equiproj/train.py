@@ -917,7 +917,9 @@ def _fit(model, train_data, config: TrainConfig, loss_fn, out_dir, regulariser, 
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("fit: the model has no trainable parameters")
-    optimizer = _make_optimizer(params, config)
+    groups = getattr(regulariser, "param_groups", None)
+    groups = groups(params, config.lr) if callable(groups) else None  # e.g. the split scheme's B at its own lr
+    optimizer = _make_optimizer(params if groups is None else groups, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     train_model: nn.Module = model

@@ -51,6 +51,11 @@ class Method:
     def report(self) -> List:
         return report(self.model) if declared_layers(self.model) else []
 
+    def param_groups(self, params, lr: float):
+        """Optimiser parameter groups (``None``: one group; the split scheme gives ``B`` its own
+        learning rate), used by :func:`equiproj.train.fit`."""
+        return None
+
     def attach(self, optimizer: torch.optim.Optimizer):
         """Hook into the optimiser (called by :func:`equiproj.train.fit` once it is built); a no-op
         except for methods that act after the optimiser's steps (the proximal schemes)."""
@@ -169,14 +174,15 @@ class ProjectionMethod(Method):
     see ``docs/training.md``)."""
 
     name = "projection"
-    _options = ("lambda_perp", "lambda_G", "norm", "include_bias", "scheme")
+    _options = ("lambda_perp", "lambda_G", "norm", "include_bias", "scheme", "perp_lr")
 
     def __init__(self, model, lambda_perp: float = 1e-2, lambda_G: float = 0.0, norm="fro",
-                 include_bias: Optional[bool] = None, scheme: str = DEFAULT_SCHEME, **unknown):
+                 include_bias: Optional[bool] = None, scheme: str = DEFAULT_SCHEME, perp_lr: Optional[float] = None,
+                 **unknown):
         check_options(self.name, unknown, self._options)
         super().__init__(model)
         self.regulariser = ProjectionRegulariser(model, lambda_perp, lambda_G=lambda_G, norm=norm,
-                                                 include_bias=include_bias, scheme=scheme)
+                                                 include_bias=include_bias, scheme=scheme, perp_lr=perp_lr)
 
     def penalty(self, batch=None):
         return self.regulariser.penalty()
@@ -186,6 +192,9 @@ class ProjectionMethod(Method):
 
     def attach(self, optimizer):
         return self.regulariser.attach(optimizer)
+
+    def param_groups(self, params, lr):
+        return self.regulariser.param_groups(params, lr)
 
     def state_dict(self):
         return self.regulariser.state_dict()

@@ -26,7 +26,7 @@ from torch import nn
 
 from .._io import atomic_write_json, atomic_write_text
 from ..baselines import METHODS, make_method
-from ..regularise import DEFAULT_SCHEME, SCHEMES
+from ..regularise import DEFAULT_PERP_LR, DEFAULT_SCHEME, SCHEMES
 from ..train import TrainConfig, fit, load_best_model, seed_everything, select_device
 
 __all__ = ["RunConfig", "takes_scheme", "Setup", "Experiment", "register_experiment", "get_experiment", "available_experiments",
@@ -65,10 +65,13 @@ class RunConfig:
     device: str = "auto"
     options: Dict[str, Any] = field(default_factory=dict)
     scheme: Optional[str] = None
+    perp_lr: Optional[float] = None
 
     def __post_init__(self):
         if self.scheme is None and takes_scheme(self.method):
             self.scheme = DEFAULT_SCHEME
+        if self.perp_lr is None and self.scheme in ("split", "split-proximal"):
+            self.perp_lr = DEFAULT_PERP_LR
 
     def key(self) -> Dict[str, Any]:
         """The fields that determine the result (not the device)."""
@@ -81,7 +84,8 @@ class RunConfig:
             return "none" if x is None else (f"{x:g}" if isinstance(x, float) else str(x))
 
         h = hashlib.sha1(json.dumps(self.key(), sort_keys=True, default=str).encode()).hexdigest()[:8]
-        parts = [self.method] + ([self.scheme] if self.scheme else []) + [
+        parts = [self.method] + ([self.scheme] if self.scheme else []) + (
+            [f"plr{f(self.perp_lr)}"] if self.perp_lr is not None else []) + [
             f"lp{f(self.lambda_perp)}", f"lg{f(self.lambda_G)}", self.norm, self.route, f"k{self.k}",
             f"lvl{f(self.level)}", f"s{self.seed}", h]
         return "_".join(p.replace("/", "-").replace(" ", "") for p in parts)
@@ -141,6 +145,8 @@ class Experiment:
                                  f"--scheme applies to: {', '.join(m for m in sorted(METHODS) if takes_scheme(m))}")
             if cfg.scheme not in SCHEMES:
                 raise ValueError(f"unknown scheme {cfg.scheme!r}: choose one of {', '.join(SCHEMES)}")
+        if cfg.perp_lr is not None and cfg.scheme not in ("split", "split-proximal"):
+            raise ValueError(f"perp_lr applies to the split schemes only, not to scheme {cfg.scheme!r}")
         if cfg.steps is not None and cfg.steps < 1:
             raise ValueError(f"steps must be >= 1, got {cfg.steps}")
 
@@ -193,6 +199,8 @@ def method_options(cfg: RunConfig) -> Dict[str, Any]:
         opts = dict(lambda_perp=cfg.lambda_perp, lambda_G=cfg.lambda_G, norm=cfg.norm)
         if cfg.scheme is not None:
             opts["scheme"] = cfg.scheme
+        if cfg.perp_lr is not None:
+            opts["perp_lr"] = cfg.perp_lr
     elif m in ("sample-output", "eqreg", "weight-sample"):
         opts = dict(lambda_=cfg.lambda_perp, k=cfg.k)
     elif m in ("per", "relaxed"):
@@ -309,6 +317,8 @@ def sweep(experiment: str, out: str, grid: Dict[str, Sequence[Any]], base: Optio
             fields_["lambda_G"] = 0.0
         if not takes_scheme(fields_.get("method", "projection")):
             fields_["scheme"] = None
+        if fields_.get("scheme") not in (None, "split", "split-proximal"):
+            fields_["perp_lr"] = None
         cfg = RunConfig(experiment=experiment, **fields_)
         if cfg.run_id() not in seen:
             seen.add(cfg.run_id())

@@ -201,6 +201,7 @@ class SO2Toy(Experiment):
 
         tc = TrainConfig(steps=preset["steps"], batch_size=len(x_tr), lr=preset["lr"], optimizer="adam",
                          log_every=max(1, preset["steps"] // 10), eval_every=0, checkpoint_every=0)
+        # the paper's toy trains from the random initialisation: the penalty has to remove its defect
         opts = dict(act_in=G.standard(), act_out=(lambda g, y: y), group=G)
         return Setup(model=model, train_data=(x_tr, y_tr), loss_fn=loss_fn, train_config=tc,
                      final_metrics=final_metrics, method_options=opts)

@@ -34,6 +34,7 @@ against a plain loop that adds ``reg()`` to the loss.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -69,7 +70,10 @@ class ProjectionRegulariserCallback(Callback):
         The training scheme (:class:`equiproj.ProjectionRegulariser`, default ``"split"``): for
         ``"split"`` and ``"penalty"`` the penalty's gradient is added before each step (the split
         parametrisation is registered in ``setup``, before ``configure_optimizers``, so its
-        parameters reach the optimizers); the proximal schemes are attached to the optimizers.
+        parameters reach the optimizers; to give ``B`` its own learning rate ``perp_lr``, build the
+        optimizer from ``callback.regulariser.param_groups(module.parameters(), lr)``, else a
+        warning says that it trains at the common rate); the proximal schemes are attached to the
+        optimizers.
     include_bias : bool, optional
         Override every layer's ``include_bias``.
     log_every_n_steps : int, optional
@@ -119,6 +123,18 @@ class ProjectionRegulariserCallback(Callback):
         if hasattr(reg, "attach"):  # proximal schemes register a post-step hook (a no-op otherwise)
             for opt in trainer.optimizers:
                 reg.attach(opt)
+        perp = {id(t) for t in reg.perp_parameters()}
+        if perp and reg.perp_lr not in (None, 1.0):
+            for opt in trainer.optimizers:
+                for g in opt.param_groups:
+                    ids = {id(p) for p in g["params"]}
+                    if ids & perp and ids - perp:
+                        warnings.warn(
+                            f"the split scheme's tensors B share an optimizer parameter group with other parameters, "
+                            f"so they train at the same learning rate instead of perp_lr={reg.perp_lr:g} times it: "
+                            "build the optimizer in configure_optimizers from "
+                            "self.trainer.callbacks[i].regulariser.param_groups(self.parameters(), lr)", stacklevel=2)
+                        return
 
     @property
     def adds_penalty(self) -> bool:
