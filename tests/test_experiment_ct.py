@@ -149,7 +149,7 @@ def test_report(out, rows):
     assert (Path(out) / "report.md").read_text() == text
     for heading in ("## ct", "FBP input", "Method comparison"):
         assert heading in text
-    assert "| strict |" in text and "| projection | 0.01 |" in text
+    assert "| strict |" in text and "| projection split | 0.01 |" in text
     figs = Path(out) / "figures"
     names = {p.name for p in figs.glob("ct_*.png")}
     assert {"ct_ci_strongmetal_panels.png", "ct_ci_strongmetal_lambda.png", "ct_ci_strongmetal_throughput.png"} <= names, names

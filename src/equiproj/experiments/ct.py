@@ -151,6 +151,10 @@ class CTExperiment(Experiment):
         # the largest size that runs a full sweep on a 2-core CPU in well under an hour
         "cpu": dict(data="ci", n_train=512, n_test=64, steps=300, batch_size=16, lr=3e-3, warmup=20, width=16,
                     depth=2, eval_chunk=32, equiv_images=32, panels=3),
+        # the cpu preset trained ten times longer, with model selection: the last n_val training images are
+        # a validation split, and the weights of the best validation PSNR are evaluated beside the final ones
+        "cpu-long": dict(data="ci", n_train=512, n_test=64, n_val=64, steps=3000, batch_size=16, lr=3e-3, warmup=100,
+                         width=16, depth=2, eval_chunk=32, equiv_images=32, panels=3, eval_every=150),
         # the real size (GPU): 128 x 128, 180 views, 2000 train / 200 test images
         "paper": dict(data="paper", n_train=None, n_test=None, steps=10000, batch_size=32, lr=1e-3, warmup=200,
                       width=32, depth=3, eval_chunk=50, equiv_images=50, panels=3),
@@ -206,6 +210,13 @@ class CTExperiment(Experiment):
         x_tr, x_te = net_input(train).to(device), net_input(test).to(device)
         y_tr = torch.from_numpy(normalise(train["target"])).to(device)
         keep_tr = torch.from_numpy(~train["metal_mask"]).to(device=device, dtype=torch.float32)
+        n_val = int(preset.get("n_val") or 0)
+        if n_val:  # a validation split: the last n_val training images
+            if n_val >= len(x_tr):
+                raise ValueError(f"preset {cfg.preset!r}: n_val={n_val} leaves no training images of {len(x_tr)}")
+            val_target, val_mask = train["target"][-n_val:], train["metal_mask"][-n_val:]
+            x_val = x_tr[-n_val:]
+            x_tr, y_tr, keep_tr = x_tr[:-n_val], y_tr[:-n_val], keep_tr[:-n_val]
         in_ch = x_tr.shape[1]
 
         torch.manual_seed(cfg.seed)
@@ -228,7 +239,10 @@ class CTExperiment(Experiment):
         act_in, act_out = feature_map_action(in_ch * G.trivial()), feature_map_action(G.trivial())
 
         def eval_fn(m):
-            n = min(16, len(x_te))
+            if n_val:
+                pred = denormalise(predict(m, x_val)).cpu().numpy()
+                return {"val_psnr": psnr_outside_metal(pred, val_target, val_mask, reduction="mean")}
+            n = min(16, len(x_te))  # no validation split: a monitor only, never used for selection
             pred = denormalise(predict(m, x_te[:n])).cpu().numpy()
             return {"monitor_psnr": psnr_outside_metal(pred, target[:n], mask[:n], reduction="mean")}
 
@@ -272,8 +286,9 @@ class CTExperiment(Experiment):
         steps = preset["steps"]
         tc = TrainConfig(steps=steps, batch_size=preset["batch_size"], lr=preset["lr"], optimizer="adam",
                          schedule="cosine", warmup_steps=preset["warmup"] if preset["warmup"] < steps else 0,
-                         grad_clip=1.0, log_every=max(1, steps // 20), eval_every=max(1, steps // 5),
-                         checkpoint_every=max(1, steps // 4))
+                         grad_clip=1.0, log_every=max(1, steps // 20),
+                         eval_every=preset.get("eval_every") or max(1, steps // 5),
+                         checkpoint_every=max(1, steps // 4), select="-val_psnr" if n_val else None)
         return Setup(model=model, train_data=(x_tr, y_tr, keep_tr), loss_fn=loss_fn, train_config=tc,
                      final_metrics=final_metrics, eval_fn=eval_fn,
                      method_options=dict(self.method_options(cfg, in_ch),
@@ -317,10 +332,14 @@ class CTExperiment(Experiment):
             + ".\n")
         quality = ["psnr", "ssim", "equiv_error", "equiv_error_res", "defect_sum", "defect_fro", "time_ms",
                    "throughput"]
+        if any(r.get("sel_psnr") is not None for r in rows):  # model selection on the validation split
+            quality = ["sel_psnr", "sel_ssim", "psnr", "ssim", "sel_equiv_error", "sel_defect_fro", "time_ms"]
         labels = {"variant": "method", "psnr": "PSNR", "ssim": "SSIM", "equiv_error": "equiv. error",
                   "equiv_error_res": "equiv. error / correction", "defect_sum": "defect (penalty norm)",
                   "defect_fro": "defect (Frobenius)", "time_ms": "ms / step", "throughput": "samples / s",
-                  "lam": "λ", "norm": "norm", "symmetry": "symmetry"}
+                  "lam": "λ", "norm": "norm", "symmetry": "symmetry", "sel_psnr": "PSNR (selected)",
+                  "sel_ssim": "SSIM (selected)", "sel_equiv_error": "equiv. error (selected)",
+                  "sel_defect_fro": "defect (Frobenius, selected)"}
         comp = [r for r in default if r["norm"] == "fro"]
         if comp:
             parts.append("#### Method comparison (symmetry `default`, norm `fro`)\n")
@@ -375,8 +394,7 @@ class CTExperiment(Experiment):
         for r in have:
             if r["seed"] != seed0:
                 continue
-            name = r["method"] if r["method"] != "projection" or r.get("route") in (None, "auto") else \
-                f"projection ({r['route']})"
+            name = r["variant"]
             if r["method"] in _SAMPLE_METHODS:
                 name = f"{r['method']} k={r['k']}"
             weighted = r["method"] in ("plain", "strict") or r["lambda_perp"] > 0
@@ -406,32 +424,40 @@ class CTExperiment(Experiment):
         return save_figure(fig, figures_dir(out) / f"ct_{tag}_panels.png")
 
     def _lambda_plot(self, rows, out: Path, tag: str, plt) -> Optional[str]:
+        """Defect and PSNR against lambda_perp, one line per training scheme (mean ± std over seeds),
+        plain and strict as horizontal lines with bands."""
         proj = [r for r in rows if r["method"] == "projection" and r["norm"] == "fro"
                 and r.get("route") in (None, "auto")]
-        pos = sorted({r["lambda_perp"] for r in proj if r["lambda_perp"] > 0})
-        if len(pos) < 2:
+        schemes = sorted({r["scheme"] for r in proj}, key=lambda v: _SCHEME_ORDER.get(v, 9))
+        if not any(len({r["lambda_perp"] for r in proj if r["scheme"] == sc and r["lambda_perp"] > 0}) > 1
+                   for sc in schemes):
             return None
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.2))
-        for ax, key, lab in ((a1, "defect_fro", "defect  Σ‖W − P(W)‖_F"), (a2, "psnr", "PSNR (dB)")):
-            mean = [np.mean([r[key] for r in proj if r["lambda_perp"] == p]) for p in pos]
-            sd = [np.std([r[key] for r in proj if r["lambda_perp"] == p]) for p in pos]
-            ax.errorbar(pos, mean, yerr=sd, marker="o", capsize=3, label="projection")
-            for name, style, color, sel in (
-                    ("λ⊥ = 0 (projected init)", "-.", "C1",
-                     lambda r: r["method"] == "projection" and r["lambda_perp"] == 0 and r["norm"] == "fro"
-                     and r.get("route") in (None, "auto")),
-                    ("plain", ":", "gray", lambda r: r["method"] == "plain"),
-                    ("strict", "--", "k", lambda r: r["method"] == "strict")):
-                rs = [r for r in rows if sel(r)]
-                if rs and not (key == "defect_fro" and name == "strict"):
-                    ax.axhline(np.mean([r[key] for r in rs]), ls=style, color=color, lw=1, label=name)
+        psnr_key = "sel_psnr" if all(r.get("sel_psnr") is not None for r in rows) else "psnr"
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
+        for ax, key, lab in ((a1, "defect_fro", "defect  Σ‖W − P(W)‖_F"),
+                             (a2, psnr_key, "PSNR (dB)" + (" of the selected model" if psnr_key != "psnr" else ""))):
+            for i, sc in enumerate(schemes):
+                rs = [r for r in proj if r["scheme"] == sc and r["lambda_perp"] > 0]
+                pos = sorted({r["lambda_perp"] for r in rs})
+                mean = [np.mean([r[key] for r in rs if r["lambda_perp"] == p]) for p in pos]
+                sd = [np.std([r[key] for r in rs if r["lambda_perp"] == p]) for p in pos]
+                ax.errorbar(pos, mean, yerr=sd, marker="o", capsize=3, color=f"C{i}", label=f"projection {sc}")
+            for name, style, color, sel in (("plain", ":", "0.45", lambda r: r["method"] == "plain"),
+                                            ("strict", "--", "k", lambda r: r["method"] == "strict")):
+                vals = [r[key] for r in rows if sel(r)]
+                if vals and not (key == "defect_fro" and name == "strict"):
+                    mu, sd = float(np.mean(vals)), float(np.std(vals))
+                    ax.axhline(mu, ls=style, color=color, lw=1.2, label=f"{name} ({len(vals)} seeds)")
+                    ax.axhspan(mu - sd, mu + sd, color=color, alpha=0.08, lw=0)
             ax.set_xscale("log")
             ax.set_xlabel("lambda_perp")
             ax.set_ylabel(lab)
         a1.set_yscale("log")
-        a1.legend(fontsize=7)
         a2.legend(fontsize=7)
-        fig.suptitle("ct (symmetry default): non-equivariance and image quality against lambda_perp", fontsize=8)
+        seeds = len({r["seed"] for r in proj})
+        dev = ", ".join(sorted({str(r.get("device")) for r in rows}))
+        fig.suptitle(f"ct (symmetry default): non-equivariance and image quality against lambda_perp; mean ± std over "
+                     f"{seeds} seeds; {dev}", fontsize=8)
         return save_figure(fig, figures_dir(out) / f"ct_{tag}_lambda.png")
 
     def _throughput_plot(self, rows, out: Path, tag: str, plt) -> Optional[str]:
@@ -439,14 +465,14 @@ class CTExperiment(Experiment):
         for r in rows:
             if r["method"] == "projection" and r["norm"] != "fro":
                 continue
-            name = f"{r['method']} k={r['k']}" if r["method"] in _SAMPLE_METHODS else r["method"]
+            name = f"{r['method']} k={r['k']}" if r["method"] in _SAMPLE_METHODS else r["variant"]
             groups.setdefault(name, []).append(r)
-        if not any(n.split()[0] in _SAMPLE_METHODS for n in groups) or "projection" not in groups:
+        if not any(n.split()[0] in _SAMPLE_METHODS for n in groups) or not any(n.startswith("projection") for n in groups):
             return None
         names = sorted(groups, key=lambda n: (_METHOD_ORDER.get(n.split()[0], 9), n))
         ms = [np.median([r["time_ms"] for r in groups[n]]) for n in names]
         sps = [np.median([r["throughput"] for r in groups[n]]) for n in names]
-        colors = ["C0" if n == "projection" else ("C3" if n.split()[0] in _SAMPLE_METHODS else "C7") for n in names]
+        colors = ["C0" if n.startswith("projection") else ("C3" if n.split()[0] in _SAMPLE_METHODS else "C7") for n in names]
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4))
         for ax, vals, lab in ((a1, ms, "ms per training step"), (a2, sps, "training samples per second")):
             ax.bar(range(len(names)), vals, color=colors)
@@ -484,6 +510,7 @@ class CTExperiment(Experiment):
 
 
 _METHOD_ORDER = {"plain": 0, "strict": 1, "projection": 2, "rpp": 3, "sample-output": 4, "eqreg": 5}
+_SCHEME_ORDER = {"split": 0, "split-proximal": 1, "penalty": 2, "proximal": 3}
 
 
 def _annotate(r: Dict[str, Any]) -> None:
@@ -494,7 +521,9 @@ def _annotate(r: Dict[str, Any]) -> None:
     r.setdefault("li_input", r.get("opt_li_input", False))
     r.setdefault("init", r.get("opt_init", "equivariant"))
     if m == "projection":
-        r["variant"] = "projection" + ("" if r.get("route") in (None, "auto") else f" ({r['route']})")
+        r.setdefault("scheme", None)
+        r["scheme"] = r["scheme"] or "penalty"  # rows from before the training schemes
+        r["variant"] = f"projection {r['scheme']}" + ("" if r.get("route") in (None, "auto") else f" ({r['route']})")
     elif m in _SAMPLE_METHODS:
         r["variant"] = f"{m} k={r['k']}"
     else:

@@ -202,6 +202,9 @@ def plain_mlp(d_in: int, d_out: int, hidden: int, depth: int = 2) -> nn.Module:
     return nn.Sequential(*layers, nn.Linear(d, d_out))
 
 
+_SCHEME_ORDER = {"split": 0, "split-proximal": 1, "penalty": 2, "proximal": 3}
+
+
 @register_experiment
 class VectorsExperiment(Experiment):
     name = "vectors"
@@ -313,24 +316,97 @@ class VectorsExperiment(Experiment):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        parts = [f"## vectors\n\n{self.description}. MSE on the test split, relative to the mean squared "
-                 "target; equivariance error: mean relative error under sampled elements of O(5) / O(3).\n"]
+        rows = [dict(r) for r in rows]
+        for r in rows:  # rows written before the training schemes existed used the penalty scheme
+            if r.get("method") == "projection" and not r.get("scheme"):
+                r["scheme"] = "penalty"
+            if r.get("level") is None and r.get("task") == "modified_inertia":
+                r["level"] = 0.3  # the default c
+        parts = [f"## vectors\n\n{self.description}. `test MSE` is relative to the mean squared training "
+                 "target, `abs. MSE` in the targets' own units (presets with raw targets); `sel.` columns are the "
+                 "weights of the best validation MSE (the tables report the final weights); equivariance error: mean "
+                 "relative error under sampled elements of O(5) / O(3).\n"]
+        labels = {"level": "c", "test_mse": "test MSE", "test_mse_abs": "abs. MSE", "sel_test_mse": "sel. test MSE",
+                  "sel_test_mse_abs": "sel. abs. MSE", "equivariance_error": "equiv. error",
+                  "time_per_step_s": "s / step", "lambda_perp": "λ⊥", "perp_lr": "perp_lr"}
         for task in sorted({r.get("task") for r in rows if r.get("task")}):
             rs = [r for r in rows if r.get("task") == task]
             parts.append(f"### {task}\n")
-            parts.append(markdown_table(rs, ["arch", "method", "norm", "lambda_perp", "level"],
-                                        ["test_mse", "equivariance_error", "time_per_step_s"],
-                                        {"level": "c", "test_mse": "test MSE", "equivariance_error": "equiv. error",
-                                         "time_per_step_s": "s / step"}))
+            for preset in sorted({r.get("preset") for r in rs}):
+                ps = [r for r in rs if r.get("preset") == preset]
+                raw = bool(self.presets.get(preset, {}).get("raw_targets"))
+                mse = ["test_mse_abs", "sel_test_mse_abs"] if raw else ["test_mse", "sel_test_mse"]
+                parts.append(f"#### preset `{preset}`\n")
+                parts.append(markdown_table(ps, ["arch", "method", "scheme", "perp_lr", "norm", "lambda_perp", "level"],
+                                            mse + ["equivariance_error", "time_per_step_s"], labels))
+                for fig, caption in self._scheme_plots(ps, task, preset, mse[0], out, plt):
+                    parts.append(f"\n![{caption}]({fig})\n")
             fig = self._lambda_plot(rs, task, out, plt)
             if fig:
                 parts.append(f"\n![{task}: test MSE and equivariance error against lambda_perp]({fig})\n")
         return "\n".join(parts)
 
+    def _scheme_plots(self, rows, task, preset, key, out, plt):
+        """Test MSE against lambda_perp, one line per training scheme (mean and standard deviation over
+        seeds as error bars, lambda_perp = 0 as a marker at the left edge), the strict model and the plain
+        MLP as horizontal lines with bands; one figure per architecture and c."""
+        import numpy as np
+
+        figs = []
+        proj = [r for r in rows if r["method"] == "projection" and r.get("norm") == "fro"]
+        for arch in sorted({r.get("arch") for r in proj}):
+            for lvl in sorted({r.get("level") for r in proj}, key=lambda v: -1 if v is None else v):
+                sel = [r for r in proj if r.get("arch") == arch and r.get("level") == lvl]
+                variants = sorted({(r["scheme"], r.get("perp_lr")) for r in sel}, key=lambda v: (
+                    _SCHEME_ORDER.get(v[0], 9), v[1] or 0))
+                if not any(len({r["lambda_perp"] for r in sel if (r["scheme"], r.get("perp_lr")) == v
+                                and r["lambda_perp"] > 0}) > 1 for v in variants):
+                    continue
+                lams = sorted({r["lambda_perp"] for r in sel if r["lambda_perp"] > 0})
+                x0 = lams[0] / 10  # where lambda_perp = 0 is drawn
+                fig, ax = plt.subplots(figsize=(6.4, 4.0), constrained_layout=True)
+                for i, v in enumerate(variants):
+                    vs = [r for r in sel if (r["scheme"], r.get("perp_lr")) == v]
+                    pts = sorted({r["lambda_perp"] for r in vs})
+                    m = [np.mean([r[key] for r in vs if r["lambda_perp"] == p]) for p in pts]
+                    sd = [np.std([r[key] for r in vs if r["lambda_perp"] == p]) for p in pts]
+                    xs = [p if p > 0 else x0 for p in pts]
+                    label = v[0] + ("" if v[1] is None else f" (perp_lr {v[1]:g})")
+                    colour = f"C{i}"
+                    pos = [j for j, p in enumerate(pts) if p > 0]
+                    ax.errorbar([xs[j] for j in pos], [m[j] for j in pos], yerr=[sd[j] for j in pos], marker="o",
+                                capsize=3, color=colour, label=label)
+                    if 0 in pts:
+                        j = pts.index(0)
+                        ax.errorbar([x0], [m[j]], yerr=[sd[j]], marker="s", mfc="white", capsize=3, color=colour)
+                for name, style, colour, pick in (
+                        ("strict", "--", "k", lambda r: r["method"] == "strict" and r.get("arch") == arch),
+                        ("plain MLP", ":", "0.45", lambda r: r["method"] == "plain" and r.get("arch") == "mlp")):
+                    ref = [r[key] for r in rows if pick(r) and r.get("level") == lvl]
+                    if ref:
+                        mu, sd = float(np.mean(ref)), float(np.std(ref))
+                        ax.axhline(mu, ls=style, color=colour, lw=1.2, label=f"{name} ({len(ref)} seeds)")
+                        ax.axhspan(mu - sd, mu + sd, color=colour, alpha=0.08, lw=0)
+                ax.set_xscale("log")
+                ax.set_yscale("log")
+                ax.set_xlabel("lambda_perp (open squares: lambda_perp = 0)")
+                ax.set_ylabel(("absolute" if key.endswith("_abs") else "relative") + " test MSE")
+                seeds = len({r["seed"] for r in sel})
+                c = "" if lvl is None else f", c = {lvl:g}"
+                dev = ", ".join(sorted({str(r.get("device")) for r in sel}))
+                ax.set_title(f"{task}, arch {arch}, preset {preset}{c}\nmean ± std over {seeds} seeds; {dev}",
+                             fontsize=8)
+                ax.legend(fontsize=7, loc="best")
+                name = f"vectors_{task}_{preset}_{arch}_c{'none' if lvl is None else f'{lvl:g}'}_schemes.png"
+                figs.append((save_figure(fig, figures_dir(out) / name),
+                             f"{task}, {arch}{c}: test MSE against lambda_perp per training scheme"))
+        return figs
+
     def _lambda_plot(self, rows, task, out, plt):
         """Test MSE and equivariance error against lambda_perp (Frobenius runs), one colour per c;
         the strict model dashed and the plain MLP dotted in the same colour."""
-        proj = [r for r in rows if r["method"] == "projection" and r["lambda_perp"] > 0 and r.get("norm") == "fro"]
+        proj = [r for r in rows if r["method"] == "projection" and r["lambda_perp"] > 0 and r.get("norm") == "fro"
+                and r.get("preset") != "rpp" and r.get("scheme") in (None, "penalty")]
         if len({r["lambda_perp"] for r in proj}) < 2:
             return None
 
