@@ -125,5 +125,5 @@ def test_split_scheme_warns_when_B_shares_the_learning_rate(tmp_path):
     _, _, loader = _data()
     module = Module(_net())
     module.use_groups = False
-    with pytest.warns(UserWarning, match="train at the same learning rate instead of perp_lr=0.01"):
+    with pytest.warns(UserWarning, match="train at the same learning rate instead of perp_lr=0.1"):
         _trainer(tmp_path, ProjectionRegulariserCallback(lambda_perp=0.1), 1).fit(module, loader)
