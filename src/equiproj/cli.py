@@ -67,7 +67,7 @@ def _add_common(p: argparse.ArgumentParser, sweep: bool) -> None:
                         "proximal, split-proximal (see docs/training.md)")
     p.add_argument("--perp-lr", dest="perp_lr", type=float, nargs=n, default=None,
                    help="learning rate of the non-equivariant part B relative to the rest (split schemes; "
-                        "default 0.01)")
+                        "default 0.1)")
     p.add_argument("--k", type=int, nargs=n, default=None, help="sampled group elements (sample-based methods)")
     p.add_argument("--seed" + ("s" if sweep else ""), dest="seed", type=int, nargs=n, default=None, help="random seed")
     p.add_argument("--level" + ("s" if sweep else ""), dest="level", type=float, nargs=n, default=None,
