@@ -18,7 +18,7 @@ Examples
 >>> rows = reg.report()        # per-layer defects, as data
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from . import actions, groups, metrics, nn, norms, projection
 from .projection import LinearProjector, Projector
