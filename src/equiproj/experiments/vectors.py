@@ -348,8 +348,9 @@ class VectorsExperiment(Experiment):
 
     def _scheme_plots(self, rows, task, preset, key, out, plt):
         """Test MSE against lambda_perp, one line per training scheme (mean and standard deviation over
-        seeds as error bars, lambda_perp = 0 as a marker at the left edge), the strict model and the plain
-        MLP as horizontal lines with bands; one figure per architecture and c."""
+        seeds as error bars, lambda_perp = 0 as a marker at the left edge), the strict model, the plain
+        MLP and the same architecture with free weights as horizontal lines with bands; one figure per
+        architecture and c."""
         import numpy as np
 
         figs = []
@@ -364,7 +365,7 @@ class VectorsExperiment(Experiment):
                     continue
                 lams = sorted({r["lambda_perp"] for r in sel if r["lambda_perp"] > 0})
                 x0 = lams[0] / 10  # where lambda_perp = 0 is drawn
-                fig, ax = plt.subplots(figsize=(6.4, 4.0), constrained_layout=True)
+                fig, ax = plt.subplots(figsize=(6.4, 4.6), layout="constrained")
                 for i, v in enumerate(variants):
                     vs = [r for r in sel if (r["scheme"], r.get("perp_lr")) == v]
                     pts = sorted({r["lambda_perp"] for r in vs})
@@ -381,7 +382,9 @@ class VectorsExperiment(Experiment):
                         ax.errorbar([x0], [m[j]], yerr=[sd[j]], marker="s", mfc="white", capsize=3, color=colour)
                 for name, style, colour, pick in (
                         ("strict", "--", "k", lambda r: r["method"] == "strict" and r.get("arch") == arch),
-                        ("plain MLP", ":", "0.45", lambda r: r["method"] == "plain" and r.get("arch") == "mlp")):
+                        ("plain MLP", ":", "0.45", lambda r: r["method"] == "plain" and r.get("arch") == "mlp"),
+                        (f"free {arch} (plain)", "-.", "0.6",
+                         lambda r: r["method"] == "plain" and r.get("arch") == arch)):
                     ref = [r[key] for r in rows if pick(r) and r.get("level") == lvl]
                     if ref:
                         mu, sd = float(np.mean(ref)), float(np.std(ref))
@@ -396,7 +399,7 @@ class VectorsExperiment(Experiment):
                 dev = ", ".join(sorted({str(r.get("device")) for r in sel}))
                 ax.set_title(f"{task}, arch {arch}, preset {preset}{c}\nmean ± std over {seeds} seeds; {dev}",
                              fontsize=8)
-                ax.legend(fontsize=7, loc="best")
+                fig.legend(fontsize=7, loc="outside lower center", ncol=3)
                 name = f"vectors_{task}_{preset}_{arch}_c{'none' if lvl is None else f'{lvl:g}'}_schemes.png"
                 figs.append((save_figure(fig, figures_dir(out) / name),
                              f"{task}, {arch}{c}: test MSE against lambda_perp per training scheme"))
