@@ -11,30 +11,36 @@ from equiproj.data.smoke import SMOKE_PRESETS, SmokeConfig, make_smoke_data, rot
 from equiproj.groups import cyclic  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("EQUIPROJ_CACHE", str(tmp_path_factory.getbasetemp() / "smoke-data-cache"))
+
+
 @pytest.fixture(scope="module")
-def sym():
-    """Level 0: one magnitude group, four directions (about 3 s)."""
-    return make_smoke_data(SmokeConfig("rotation", size=12, steps=6, groups=1, level=0.0), use_cache=False)
+def sym(tmp_path_factory):
+    """The ci rotation data at level 0 (about 15-30 s; cached for test_experiment_smoke.py)."""
+    cache = str(tmp_path_factory.getbasetemp() / "smoke-data-cache")
+    return make_smoke_data(SmokeConfig("rotation", level=0.0, **SMOKE_PRESETS["ci"]["rotation"]), cache=cache)
 
 
 def test_level_zero_is_c4_symmetric_and_the_action_agrees_with_the_library(sym):
     v = sym["velocity"]
-    assert v.shape == (4, 6, 2, 12, 12) and v.dtype == np.float32
+    assert v.shape == (8, 20, 2, 16, 16) and v.dtype == np.float32
     assert np.abs(v[:, -1]).max() > 1e-2                       # the plume moves
     assert sym["max_divergence"].max() < 1e-6                  # the pressure solve converged
     G = cyclic(4)
-    for j in range(4):
-        a = rotate_velocity(v[j], 1)
-        b = transform_feature_map(torch.from_numpy(v[j]), 1, G.standard()).numpy()
+    for s in range(8):
+        a = rotate_velocity(v[s], 1)
+        b = transform_feature_map(torch.from_numpy(v[s]), 1, G.standard()).numpy()
         np.testing.assert_array_equal(a, b)                     # one action, two implementations
-        # simulation j + 1 is simulation j rotated by a quarter turn
-        assert np.abs(a - v[(j + 1) % 4]).max() < 1e-5 * np.abs(v).max()
+        # simulation 4 i + j + 1 is simulation 4 i + j rotated by a quarter turn
+        assert np.abs(a - v[4 * (s // 4) + (s + 1) % 4]).max() < 1e-5 * np.abs(v).max()
     # the four rotations of sim 0 are not all equal (the test is not vacuous)
     assert np.abs(rotate_velocity(v[0], 1) - v[0]).max() > 1e-2
 
 
 def test_symmetry_breaking_level_breaks_c4_and_generation_is_deterministic(sym, tmp_path):
-    cfg = SmokeConfig("rotation", size=12, steps=6, groups=1, level=1.0)
+    cfg = SmokeConfig("rotation", size=8, steps=3, groups=1, level=1.0)
     d1 = make_smoke_data(cfg, cache=str(tmp_path))
     d2 = make_smoke_data(cfg, use_cache=False)               # regenerated: bit-identical
     for k in d1:
@@ -46,7 +52,6 @@ def test_symmetry_breaking_level_breaks_c4_and_generation_is_deterministic(sym, 
     np.testing.assert_allclose(np.linalg.norm(d1["buoyancy"], axis=1), 0.025 * np.array([1, 2, 3, 4]), rtol=1e-6)
     err = np.abs(rotate_velocity(v[0], 1) - v[1]).max() / np.abs(v).max()
     assert err > 1e-2                                         # different magnitudes: no longer symmetric
-    np.testing.assert_array_equal(v[0], sym["velocity"][0])   # direction 0 keeps its magnitude
 
 
 def test_translation_case_and_errors():
