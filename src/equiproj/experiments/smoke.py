@@ -46,7 +46,8 @@ equivariance error ``||f(g x) - g f(x)|| / ||f(x)||`` of the one-step map over t
 non-trivial rotations on test-future inputs (``equiv_error_res``: relative to the predicted
 change ``f(x) - v_t`` instead), ``defect_fro`` (``sum_l ||W_l - P(W_l)||_F`` over declared and
 relaxed layers) and ``rel_defect``, ``n_params``, and the training loop's step time and
-throughput. Every run keeps the weights of its best validation RMSE (``TrainConfig.select``,
+throughput; for reference ``rmse_future_persistence`` / ``rmse_domain_persistence``, the RMSE of
+repeating the last input frame. Every run keeps the weights of its best validation RMSE (``TrainConfig.select``,
 with early stopping at the ``paper`` preset); the ``sel_`` columns evaluate those.
 """
 
@@ -339,8 +340,12 @@ class SmokeExperiment(Experiment):
 
         n_eq = min(preset["equiv_windows"], len(evals["future"]))
 
+        persistence = {k: float((stacked[k][1] - stacked[k][0][:, None, -2:]).pow(2).mean().sqrt()) * scale
+                       for k in ("future", "domain")}
+
         def final_metrics(m):
-            res = {"rmse_future": rmse(m, "future"), "rmse_domain": rmse(m, "domain"), "val_rmse": rmse(m, "val")}
+            res = {"rmse_future": rmse(m, "future"), "rmse_domain": rmse(m, "domain"), "val_rmse": rmse(m, "val"),
+                   "rmse_future_persistence": persistence["future"], "rmse_domain_persistence": persistence["domain"]}
             xe = stacked["future"][0][:n_eq]
 
             def one_step(x):
