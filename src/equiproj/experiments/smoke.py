@@ -412,6 +412,11 @@ class SmokeExperiment(Experiment):
             dev = ", ".join(sorted({str(r.get("device")) for r in rs}))
             parts.append(f"### case `{case}`, preset `{preset}`, level {level:g}\n\n"
                          + "; ".join(f"{s}^2, {n} simulations" for s, n, _ in sizes[:1]) + f"; device {dev}.\n")
+            pf = [r["rmse_future_persistence"] for r in rs if "rmse_future_persistence" in r]
+            pd = [r["rmse_domain_persistence"] for r in rs if "rmse_domain_persistence" in r]
+            if pf:
+                parts.append(f"Persistence (repeat the last input frame): RMSE future {np.mean(pf):.4g}, domain "
+                             f"{np.mean(pd):.4g}.\n")
             parts.append(markdown_table(rs, ["model", "lambda_perp"],
                                         ["sel_rmse_future", "sel_rmse_domain", "rmse_future", "rmse_domain",
                                          "equiv_error", "equiv_error_res", "defect_fro", "time_per_step_s",
@@ -420,6 +425,9 @@ class SmokeExperiment(Experiment):
             fig = self._lambda_plot(rs, tag, out, plt)
             if fig:
                 parts.append(f"\n![{case}: RMSE against lambda]({fig})\n")
+            fig = self._horizon_plot(rs, tag, out, plt)
+            if fig:
+                parts.append(f"\n![{case}: RMSE along the test-future rollout]({fig})\n")
             fig = self._rollout_plot(rs, tag, out, plt)
             if fig:
                 parts.append(f"\n![{case}: example rollouts]({fig})\n")
@@ -457,6 +465,36 @@ class SmokeExperiment(Experiment):
         axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
         fig.suptitle(f"smoke {tag}: mean ± std over up to {seeds} seeds", fontsize=9)
         return save_figure(fig, figures_dir(out) / f"smoke_{tag}_lambda.png")
+
+    def _horizon_plot(self, rows, tag, out, plt):
+        """Test-future RMSE against the rollout step (final weights; mean over seeds, shaded std),
+        one line per model at its best lambda, and persistence."""
+        have = [r for r in rows if (Path(out) / "runs" / r["run_id"] / "artifacts.npz").exists()]
+        if not have:
+            return None
+        by_model: Dict[str, Dict[float, List[np.ndarray]]] = {}
+        for r in have:
+            with np.load(Path(out) / "runs" / r["run_id"] / "artifacts.npz") as a:
+                if "rmse_per_step" not in a.files:
+                    continue
+                curve = a["rmse_per_step"]
+            by_model.setdefault(r["model"], {}).setdefault(r["lambda_perp"], []).append((r["rmse_future"], curve))
+        if not by_model:
+            return None
+        fig, ax = plt.subplots(figsize=(6.8, 4.0), constrained_layout=True)
+        for i, (mdl, per_lam) in enumerate(sorted(by_model.items())):
+            lam = min(per_lam, key=lambda k: np.mean([e for e, _ in per_lam[k]]))
+            curves = np.stack([c for _, c in per_lam[lam]])
+            steps = np.arange(1, curves.shape[1] + 1)
+            mu, sd = curves.mean(0), curves.std(0)
+            ax.plot(steps, mu, color=f"C{i % 10}", ls="-" if i < 10 else "--",
+                    label=mdl + (f" (λ={lam:g})" if lam else "") + f", {len(curves)} seeds")
+            ax.fill_between(steps, mu - sd, mu + sd, color=f"C{i % 10}", alpha=0.12, lw=0)
+        ax.set_xlabel("rollout step")
+        ax.set_ylabel("test-future RMSE (final weights)")
+        ax.legend(fontsize=7)
+        ax.set_title(f"smoke {tag}: error growth along the rollout", fontsize=9)
+        return save_figure(fig, figures_dir(out) / f"smoke_{tag}_horizon.png")
 
     def _rollout_plot(self, rows, tag, out, plt):
         """Speed |v| of one test-future window: truth and the seed-0 rollout of every unpenalised model
