@@ -434,36 +434,46 @@ class SmokeExperiment(Experiment):
         return "\n".join(parts)
 
     def _lambda_plot(self, rows, tag, out, plt):
-        """Selected RMSE (test-future, test-domain) against lambda: one line per penalised model
-        (mean and standard deviation over seeds), unpenalised models as horizontal bands."""
+        """RMSE (test-future, test-domain; selected and final weights) against lambda: one line per
+        penalised model (mean and standard deviation over seeds), unpenalised models as horizontal
+        lines with bands."""
         pen = [r for r in rows if r["method"] in ("projection", "relaxed", "rpp", "sample-output")
                and r["lambda_perp"] > 0]
         if len({r["lambda_perp"] for r in pen}) < 2:
             return None
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
+        fig, axes = plt.subplots(2, 2, figsize=(10.5, 6.6), constrained_layout=True, sharex=True)
         models = sorted({r["model"] for r in pen})
         refs = sorted({r["model"] for r in rows if r["method"] in ("plain", "strict")})
-        for ax, key, title in ((axes[0], "sel_rmse_future", "test-future"), (axes[1], "sel_rmse_domain",
-                                                                             "test-domain")):
+        panels = [(axes[0, 0], "sel_rmse_future", "test-future, selected weights"),
+                  (axes[0, 1], "sel_rmse_domain", "test-domain, selected weights"),
+                  (axes[1, 0], "rmse_future", "test-future, final weights"),
+                  (axes[1, 1], "rmse_domain", "test-domain, final weights")]
+        for ax, key, title in panels:
             for i, mdl in enumerate(models):
-                rs = [r for r in pen if r["model"] == mdl]
+                rs = [r for r in pen if r["model"] == mdl and key in r]
                 lams = sorted({r["lambda_perp"] for r in rs})
                 m = [np.mean([r[key] for r in rs if r["lambda_perp"] == lam]) for lam in lams]
                 sd = [np.std([r[key] for r in rs if r["lambda_perp"] == lam]) for lam in lams]
                 ax.errorbar(lams, m, yerr=sd, marker="o", capsize=3, color=f"C{i}", label=mdl)
             for j, mdl in enumerate(refs):
-                vals = [r[key] for r in rows if r["model"] == mdl]
+                vals = [r[key] for r in rows if r["model"] == mdl and key in r]
+                if not vals:
+                    continue
                 mu, sd = float(np.mean(vals)), float(np.std(vals))
-                colour = f"C{len(models) + j}"
-                ax.axhline(mu, ls="--", color=colour, lw=1.2, label=f"{mdl} ({len(vals)} seeds)")
+                colour = f"C{(len(models) + j) % 10}"
+                ax.axhline(mu, ls="--" if len(models) + j < 10 else ":", color=colour, lw=1.2,
+                           label=f"{mdl} ({len(vals)} seeds)")
                 ax.axhspan(mu - sd, mu + sd, color=colour, alpha=0.1, lw=0)
             ax.set_xscale("log")
-            ax.set_xlabel("penalty weight λ")
-            ax.set_ylabel("RMSE (selected weights)")
+            ax.set_ylabel("RMSE")
             ax.set_title(title, fontsize=9)
+        for ax in axes[1]:
+            ax.set_xlabel("penalty weight λ")
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        fig.legend(handles, labels, fontsize=7, loc="outside right center")
         seeds = len({r["seed"] for r in rows})
-        axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
-        fig.suptitle(f"smoke {tag}: mean ± std over up to {seeds} seeds", fontsize=9)
+        fig.suptitle(f"smoke {tag}: mean ± std over up to {seeds} seeds (lines: penalised; dashed: unpenalised)",
+                     fontsize=9)
         return save_figure(fig, figures_dir(out) / f"smoke_{tag}_lambda.png")
 
     def _horizon_plot(self, rows, tag, out, plt):
