@@ -146,8 +146,8 @@ class SmokeConfig:
 
 #: The data sizes of the experiment's presets (``paper``: Wang et al.'s sizes).
 SMOKE_PRESETS: Dict[str, Dict[str, Dict]] = {
-    "ci": {"rotation": dict(size=16, steps=20, groups=2),
-           "translation": dict(size=16, steps=20, positions_x=(16.0, 48.0), positions_y=(5.0, 15.0))},
+    "ci": {"rotation": dict(size=16, steps=14, groups=2),
+           "translation": dict(size=16, steps=14, positions_x=(16.0, 48.0), positions_y=(5.0, 15.0))},
     "cpu": {"rotation": dict(size=32, steps=150, groups=4),
             "translation": dict(size=32, steps=150, positions_x=(8.0, 24.0, 40.0, 56.0), positions_y=(5.0, 15.0, 25.0))},
     "paper": {"rotation": dict(size=64, steps=310, groups=9), "translation": dict(size=64, steps=310)},
