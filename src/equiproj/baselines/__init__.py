@@ -11,7 +11,8 @@ lists the names:
 * ``"weight-sample"``: ``||g . W - W||^2`` at sampled elements (:class:`WeightSampleMethod`);
 * ``"rpp"``: residual pathway priors ``W = P(A) + B`` (:class:`RPPMethod`);
 * ``"per"``: projection penalties with dense per-layer matrices (:class:`PERMethod`);
-* ``"relaxed"``: relaxed group convolutions' weight penalty (:class:`RelaxedMethod`).
+* ``"relaxed"``: relaxed group / steerable convolutions: Wang et al.'s penalty or the projection
+  penalty of their kernels (:class:`RelaxedMethod`).
 
 Options that describe the experiment (:data:`SHARED_OPTIONS`: ``seed``, ``act_in``,
 ``act_out``, ``group``, ``input_fn``) are accepted and ignored by the baselines that do not use
@@ -22,8 +23,8 @@ from ._base import (METHODS, Method, PlainMethod, ProjectionMethod, StrictMethod
                     register_method)
 from ._eqreg import EqRegMethod
 from ._per import DenseMatrixTooLarge, PERMethod, check_subgroup, dense_bias_projector, dense_projector
-from ._relaxed import (GroupPool2d, RelaxedGroupConv2d, RelaxedLiftingConv2d, RelaxedMethod, relaxed_cnn,
-                       rotate_kernels)
+from ._relaxed import (GroupPool2d, RelaxedGroupConv2d, RelaxedLayerReport, RelaxedLiftingConv2d, RelaxedMethod,
+                       RelaxedSteerableConv2d, relaxed_cnn, rotate_kernels)
 from ._rpp import ResidualPathway, RPPMethod, rpp_, rpp_paths
 from ._sample import SampleOutputMethod
 from ._util import SHARED_OPTIONS, ElementSampler, grid_symmetries
@@ -34,5 +35,6 @@ __all__ = ["Method", "METHODS", "make_method", "available_methods", "register_me
            "SampleOutputMethod", "EqRegMethod", "WeightSampleMethod", "RPPMethod", "PERMethod", "RelaxedMethod",
            "ResidualPathway", "rpp_", "rpp_paths",
            "dense_projector", "dense_bias_projector", "check_subgroup", "DenseMatrixTooLarge",
-           "RelaxedLiftingConv2d", "RelaxedGroupConv2d", "GroupPool2d", "relaxed_cnn", "rotate_kernels",
+           "RelaxedLiftingConv2d", "RelaxedGroupConv2d", "RelaxedSteerableConv2d", "RelaxedLayerReport", "GroupPool2d",
+           "relaxed_cnn", "rotate_kernels",
            "SHARED_OPTIONS", "ElementSampler", "grid_symmetries"]
