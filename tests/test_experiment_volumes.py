@@ -1,0 +1,117 @@
+"""Experiment 'volumes': the 3D ResNet on SO(3) / O(3) fields, the experiment and its CLI."""
+
+import pytest
+import torch
+
+from equiproj.actions import transform_feature_map
+from equiproj.baselines import make_method
+from equiproj.data.volumes import VolumeConfig, render_volumes, sample_poses
+from equiproj.experiments.volumes import ResNet3d, odd_size
+from equiproj.groups import full_octahedral, o3, octahedral, so3
+
+
+def _net(G, norm="field", seed=0, **kw):
+    torch.manual_seed(seed)
+    opts = dict(width=1, L=1, kernels=(3, 3, 3), input_size=8)
+    opts.update(kw)
+    return ResNet3d(4, G, norm=norm, **opts)
+
+
+def _trained_stats(net, x):
+    """A few training-mode forwards so that the batch norms hold non-trivial running statistics."""
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):
+            net(x)
+    return net.eval()
+
+
+def _cube_error(net, x, F):
+    E = F.standard()(F.elements(), dtype=torch.float32)
+    with torch.no_grad():
+        y = net(x)
+        errs = [float((net(transform_feature_map(x, E[i:i + 1], so3().trivial() if F.order == 24 else
+                                                 o3().trivial())) - y).abs().max()) for i in range(F.order)]
+    return max(errs) / float(y.abs().max())
+
+
+def test_odd_size():
+    assert [odd_size(n) for n in (8, 16, 17, 28, 32, 33)] == [17, 17, 17, 33, 33, 33]
+
+
+@pytest.mark.parametrize("G,F", [(so3(), octahedral()), (o3(), full_octahedral())])
+def test_strict_model_is_invariant_under_the_cube_rotations(G, F):
+    x = torch.randn(4, 1, 8, 8, 8, generator=torch.Generator().manual_seed(0))
+    net = _net(G, L=2)
+    make_method("strict", net)
+    _trained_stats(net, x)
+    assert _cube_error(net, x, F) < 1e-5
+    # the same weights without the constraint are far from invariant
+    plain = _trained_stats(make_method("plain", _net(G, L=2)).model, x)
+    assert _cube_error(plain, x, F) > 1e-2
+
+
+def test_per_channel_norms_break_invariance_even_when_strict():
+    """The paper's variant (BatchNorm3d and ELU on every channel) is not invariant with P(W) = W."""
+    x = torch.randn(4, 1, 8, 8, 8, generator=torch.Generator().manual_seed(1))
+    net = _net(so3(), norm="channel")
+    make_method("strict", net)
+    _trained_stats(net, x)
+    assert _cube_error(net, x, octahedral()) > 1e-3
+
+
+def test_mirror_images_separable_under_so3_not_under_o3():
+    """An O(3)-invariant network gives a volume and its mirror image the same output; an
+    SO(3)-invariant one does not (weakly at initialisation: chiral invariants need deep gated paths)."""
+    x = torch.randn(4, 1, 8, 8, 8, generator=torch.Generator().manual_seed(0))
+    gap = {}
+    for G in (so3(), o3()):
+        net = _net(G, L=2, seed=3)
+        make_method("strict", net)
+        net = _trained_stats(net, x)
+        with torch.no_grad():
+            y, y_mirror, y_rot = net(x), net(x.flip(2)), net(x.flip(2).flip(3))
+        scale = float(y.abs().max())
+        gap[G.name] = float((y - y_mirror).abs().max()) / scale
+        assert float((y - y_rot).abs().max()) < 2e-6 * scale  # two flips: a rotation of the cube
+    assert gap["O(3)"] < 2e-6
+    assert gap["SO(3)"] > 2e-5
+    # the data's mirror helices are exact mirror images (tests/test_data_volumes.py), so O(3) cannot separate them
+    cfg = VolumeConfig(size=8, rotation_std_deg=0.0, offset=0.0)
+    poses = sample_poses(cfg, 1, torch.Generator().manual_seed(0))
+    poses = {k: v.repeat(2, *([1] * (v.ndim - 1))) for k, v in poses.items()}
+    v = render_volumes(["helix_right", "helix_left"], poses, 8)
+    with torch.no_grad():
+        out = net(v)
+    assert float((out[0] - out[1]).abs().max()) < 1e-5 * float(out.abs().max())
+
+
+def test_lambda_controls_the_defect():
+    x = torch.randn(8, 1, 8, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(8) % 4
+    defects = {}
+    for lam in (1e-4, 10.0):
+        net = _net(so3(), seed=0)
+        m = make_method("projection", net, lambda_perp=lam, seed=0)
+        opt = torch.optim.Adam(m.regulariser.param_groups(lr=1e-2) if hasattr(m, "regulariser") else net.parameters())
+        for _ in range(15):
+            loss = torch.nn.functional.cross_entropy(net(x), y) + m.penalty()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        defects[lam] = sum(r.defect_norm for r in m.report())
+    assert defects[10.0] < 0.2 * defects[1e-4]
+    assert defects[1e-4] > 0
+
+
+def test_model_errors():
+    with pytest.raises(ValueError, match="norm must be"):
+        ResNet3d(3, so3(), norm="batch")
+    with pytest.raises(ValueError, match="odd"):
+        ResNet3d(3, so3(), kernels=(4, 3, 3))
+    with pytest.raises(ValueError, match="29, 15, 8"):
+        ResNet3d(3, so3(), resize=29)
+    with pytest.raises(ValueError, match="SO\\(3\\) or O\\(3\\)"):
+        ResNet3d(3, octahedral())
+    with pytest.raises(ValueError, match="expects volumes"):
+        _net(so3())(torch.zeros(2, 2, 8, 8, 8))
