@@ -115,3 +115,108 @@ def test_model_errors():
         ResNet3d(3, octahedral())
     with pytest.raises(ValueError, match="expects volumes"):
         _net(so3())(torch.zeros(2, 2, 8, 8, 8))
+
+
+# ---------------------------------------------------------------------------------- the experiment
+
+from pathlib import Path  # noqa: E402
+
+from equiproj.cli import main  # noqa: E402
+from equiproj.experiments import RunConfig, report, run  # noqa: E402
+from equiproj.experiments.volumes import cube_elements, multiclass_auc  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("volumes-runs"))
+
+
+@pytest.fixture(scope="module")
+def rows(out, tmp_path_factory):
+    """ci preset, 3 steps: projection (SO(3), two weights, through the CLI), strict O(3), plain SO(3)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("EQUIPROJ_CACHE", str(tmp_path_factory.getbasetemp() / "volumes-cache"))
+    try:
+        res = {}
+        for lam in ("0.001", "1.0"):
+            assert main(["run", "volumes", "--preset", "ci", "--method", "projection", "--option", "group=so3",
+                         "--lambda-perp", lam, "--steps", "3", "--quiet", "--out", out]) == 0
+        for r in [RunConfig("volumes", method="projection", lambda_perp=lam, steps=3, options={"group": "so3"})
+                  for lam in (1e-3, 1.0)]:
+            res[("projection", r.lambda_perp)] = run(r, out, progress=False)  # finished: read back
+        for m, g in (("strict", "o3"), ("plain", "so3")):
+            res[(m, g)] = run(RunConfig("volumes", method=m, lambda_perp=0.0, steps=3, options={"group": g}), out,
+                              progress=False)
+    finally:
+        mp.undo()
+    return res
+
+
+def test_runs_and_metrics(rows):
+    for key, r in rows.items():
+        for k in ("accuracy", "auc", "sel_accuracy", "sel_auc", "rod_pair_accuracy", "helix_pair_accuracy"):
+            assert 0.0 <= r[k] <= 1.0, (key, k)
+        assert r["steps_trained"] == 3 and r["reported"] == "selected"
+        assert r["equiv_cube"] >= 0 and r["equiv_haar"] >= 0
+    # exactly invariant on the grid when strict, not otherwise; interpolated rotations are approximate
+    strict = rows[("strict", "o3")]
+    assert strict["equiv_cube"] < 1e-5 and strict["cube_prediction_changes"] == 0.0
+    assert strict["equiv_haar"] > 10 * strict["equiv_cube"]
+    assert rows[("plain", "so3")]["equiv_cube"] > 100 * strict["equiv_cube"]
+    assert rows[("strict", "o3")]["group"] == "O(3)" and rows[("plain", "so3")]["group"] == "SO(3)"
+    assert rows[("projection", 1.0)]["defect_sum"] < rows[("projection", 1e-3)]["defect_sum"]
+
+
+def test_layers_report(out, rows):
+    import json
+
+    r = rows[("projection", 1e-3)]
+    layers = json.loads((Path(out) / "runs" / r["run_id"] / "layers.json").read_text())
+    assert len(layers) == 9 and all(layer["defect_norm"] >= 0 for layer in layers)
+
+
+def test_report(out, rows):
+    text = report(out)
+    assert "## volumes" in text and "| SO(3), field norms | projection | split |" in text
+    assert "volumes_ci_lambda.png" in text and (Path(out) / "figures" / "volumes_ci_lambda.png").exists()
+
+
+@pytest.mark.parametrize("options,message", [({"group": "so2"}, "option group"), ({"norm": "layer"}, "option norm"),
+                                              ({"rotation": "random"}, "option rotation"), ({"L": 0}, "option L"),
+                                              ({"colour": 1}, "unknown options")])
+def test_option_errors(options, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        run(RunConfig("volumes", options=options), str(tmp_path), progress=False)
+
+
+def test_cli_error(tmp_path, capsys):
+    assert main(["run", "volumes", "--option", "group=so2", "--out", str(tmp_path)]) == 2
+    assert "option group must be" in capsys.readouterr().err
+
+
+def test_multiclass_auc_against_a_pairwise_reference():
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(40, 3, generator=g).round(decimals=1)  # with ties
+    y = torch.randint(3, (40,), generator=g)
+    ref = []
+    for c in range(3):
+        pos, neg = s[y == c, c].tolist(), s[y != c, c].tolist()
+        ref.append(sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg)))
+    assert multiclass_auc(s, y) == pytest.approx(sum(ref) / 3, abs=1e-12)
+
+
+def test_cube_elements_map_the_grid_onto_itself():
+    from equiproj.actions import grid_permutation
+
+    for G, n in ((so3(), 24), (o3(), 48)):
+        E = cube_elements(G)
+        assert E.shape == (n, 3, 3) and grid_permutation(E.double(), (5, 5, 5)) is not None
+        G.as_elements(E)  # valid elements of the group

@@ -38,15 +38,22 @@ breaks the cube symmetry.
 from __future__ import annotations
 
 import math
-from typing import List, Optional
+from pathlib import Path
+from typing import Any, Dict, List, Optional
 
 import torch
 from torch import nn
 
-from ..groups import o3, so3  # noqa: F401  (o3: for users of gated_field)
+from ..actions import feature_map_action
+from ..data.volumes import make_volume_dataset
+from ..groups import full_octahedral, o3, octahedral, so3
+from ..metrics import equivariance_error
 from ..nn import FieldBatchNorm, GatedNonlinearity, RepConv3d
+from ..regularise import report as layer_report
+from ..train import TrainConfig
+from ._core import Experiment, RunConfig, Setup, figures_dir, markdown_table, register_experiment, save_figure
 
-__all__ = ["ResNet3d", "gated_field", "odd_size"]
+__all__ = ["ResNet3d", "gated_field", "odd_size", "VolumesExperiment", "multiclass_auc", "cube_elements"]
 
 
 def gated_field(group, L: int):
@@ -221,3 +228,258 @@ class ResNet3d(nn.Module):
         h = self.b3_b(_avg_pool(self.b3_a(h), 3)) + s
         z = h.mean(dim=(-3, -2, -1))
         return self.head(nn.functional.elu(self.head_norm(z)))
+
+
+# ---------------------------------------------------------------------------------- metrics
+
+
+def multiclass_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Macro one-vs-rest ROC AUC (ties count one half), as MedMNIST reports it.
+
+    For class ``c``: the probability that a random sample of class ``c`` scores higher in
+    column ``c`` than a random sample of another class; averaged over the classes present.
+
+    >>> s = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    >>> multiclass_auc(s, torch.tensor([0, 1, 0]))
+    1.0
+    """
+    aucs = []
+    for c in range(scores.shape[1]):
+        pos, neg = scores[labels == c, c], scores[labels != c, c]
+        if len(pos) == 0 or len(neg) == 0:
+            continue
+        diff = pos[:, None] - neg[None, :]
+        aucs.append(float((diff > 0).double().mean() + 0.5 * (diff == 0).double().mean()))
+    return sum(aucs) / len(aucs) if aucs else float("nan")
+
+
+def cube_elements(group) -> torch.Tensor:
+    """The symmetries of the cube as elements of ``group``: the 24 rotations for SO(3), the 48
+    rotations and reflections for O(3) (float32 ``(n, 3, 3)``); they map the grid onto itself."""
+    F = octahedral() if group.name == "SO(3)" else full_octahedral()
+    return F.standard()(F.elements(), dtype=torch.float32)
+
+
+def _pair_accuracy(logits: torch.Tensor, labels: torch.Tensor, classes, a: str, b: str) -> float:
+    """Among test volumes of classes ``a`` and ``b``: how often the larger of their two logits is right."""
+    if a not in classes or b not in classes:
+        return float("nan")
+    ia, ib = classes.index(a), classes.index(b)
+    keep = (labels == ia) | (labels == ib)
+    if not bool(keep.any()):
+        return float("nan")
+    pred_a = logits[keep, ia] > logits[keep, ib]
+    return float((pred_a == (labels[keep] == ia)).double().mean())
+
+
+# ---------------------------------------------------------------------------------- experiment
+
+_OPTIONS = {"group": "so3", "norm": "field", "L": None, "rotation": None, "anisotropy": None, "init": "equivariant"}
+_METHOD_LABEL = {"plain": "plain", "strict": "strict", "projection": "projection", "rpp": "RPP",
+                 "sample-output": "sample-output"}
+
+
+def _options(cfg: RunConfig) -> Dict[str, Any]:
+    return {**_OPTIONS, **cfg.options}
+
+
+@register_experiment
+class VolumesExperiment(Experiment):
+    """SO(3) / O(3) classification of shape volumes with the paper's 3D ResNet (section 4.4).
+
+    Options (``--option key=value``): ``group`` (``so3`` or ``o3``), ``norm`` (``field``: equivariant
+    norms and gates, default; ``channel``: per-channel BatchNorm3d and ELU as in the paper's code),
+    ``L`` (band limit of the fields; default the preset's), ``rotation`` (the data's
+    ``rotation_std_deg``: degrees or ``uniform``), ``anisotropy`` (z blur in voxels), ``init``
+    (``equivariant`` or ``random``).
+    """
+
+    name = "volumes"
+    description = ("SO(3) / O(3) classification of 3D shape volumes (rods, disks, helices of both "
+                   "handedness, shells, tori...) with the paper's 3D ResNet")
+    presets = {
+        # 16^3, 54 / 18 / 36 volumes, a one-field network: seconds per run (the tests)
+        "ci": dict(data="ci", width=1, L=1, L_o3=1, kernels=(3, 3, 3), resize=17, dropout=0.0, steps=12,
+                   batch_size=9, lr=3e-3, warmup=0, eval_every=6, equiv_volumes=6, haar_samples=2),
+        # 28^3, 1000 / 200 / 400 volumes, MedMNIST-sized data, resized to 17^3 and a narrow network
+        # (L = 1, width 2, kernels 5-3-5) so that one run takes minutes on one CPU thread
+        "cpu": dict(data="cpu", width=2, L=1, L_o3=1, kernels=(5, 3, 5), resize=17, dropout=0.0, steps=500,
+                    batch_size=16, lr=3e-3, warmup=25, eval_every=50, equiv_volumes=24, haar_samples=4),
+        # the paper's sizes: 28^3 resized to 33^3, kernels 7-5-7, L = 3 (SO(3)) / 2 (O(3)), width 2,
+        # batch 32, 100 epochs of 1000 volumes, Adam, mixed precision on a GPU
+        "paper": dict(data="paper", width=2, L=3, L_o3=2, kernels=(7, 5, 7), resize=33, dropout=0.1, steps=3200,
+                      batch_size=32, lr=1e-3, warmup=100, eval_every=100, equiv_volumes=64, haar_samples=8,
+                      amp=True),
+    }
+    methods = ("plain", "strict", "projection", "rpp", "sample-output")
+    level_name = "none (use --option rotation=... / anisotropy=...)"
+    default_level = None
+    default_sweep = {"method": ["plain", "strict", "projection"], "lambda_perp": [1e-3, 1e-1]}
+    reports = "selected"
+
+    def check(self, cfg: RunConfig) -> None:
+        super().check(cfg)
+        unknown = set(cfg.options) - set(_OPTIONS)
+        if unknown:
+            raise ValueError(f"unknown options for volumes: {sorted(unknown)} (known: {', '.join(sorted(_OPTIONS))})")
+        o = _options(cfg)
+        if o["group"] not in ("so3", "o3"):
+            raise ValueError(f"option group must be 'so3' or 'o3', got {o['group']!r}")
+        if o["norm"] not in ("field", "channel"):
+            raise ValueError(f"option norm must be 'field' or 'channel', got {o['norm']!r}")
+        if o["L"] is not None and (isinstance(o["L"], bool) or not isinstance(o["L"], int) or o["L"] < 1):
+            raise ValueError(f"option L must be an integer >= 1, got {o['L']!r}")
+        r = o["rotation"]
+        if r is not None and r != "uniform" and (isinstance(r, bool) or not isinstance(r, (int, float)) or r < 0):
+            raise ValueError(f"option rotation must be a number of degrees >= 0 or 'uniform', got {r!r}")
+        a = o["anisotropy"]
+        if a is not None and (isinstance(a, bool) or not isinstance(a, (int, float)) or a < 0):
+            raise ValueError(f"option anisotropy must be a number >= 0 (voxels), got {a!r}")
+        if o["init"] not in ("equivariant", "random"):
+            raise ValueError(f"option init must be 'equivariant' or 'random', got {o['init']!r}")
+        if cfg.level is not None:
+            raise ValueError(f"experiment 'volumes' has no numeric level (got {cfg.level!r}): use --option "
+                             "rotation=... or --option anisotropy=...")
+
+    def setup(self, cfg: RunConfig, preset: Dict[str, Any], device: torch.device) -> Setup:
+        o = _options(cfg)
+        G = so3() if o["group"] == "so3" else o3()
+        overrides = {}
+        if o["rotation"] is not None:
+            overrides["rotation_std_deg"] = o["rotation"] if o["rotation"] == "uniform" else float(o["rotation"])
+        if o["anisotropy"] is not None:
+            overrides["anisotropy"] = float(o["anisotropy"])
+        data = make_volume_dataset(preset["data"], **overrides)
+        classes = data["classes"]
+        x_tr, y_tr = data["x_train"].to(device), data["y_train"].to(device)
+        x_val, y_val = data["x_val"].to(device), data["y_val"].to(device)
+        x_te, y_te = data["x_test"].to(device), data["y_test"].to(device)
+        L = o["L"] if o["L"] is not None else (preset["L"] if G.name == "SO(3)" else preset["L_o3"])
+        torch.manual_seed(cfg.seed)
+        model = ResNet3d(len(classes), G, width=preset["width"], L=L, norm=o["norm"], kernels=preset["kernels"],
+                         input_size=x_tr.shape[-1], resize=preset["resize"], dropout=preset["dropout"]).to(device)
+        chunk = 50
+
+        def logits(m, x):
+            with torch.no_grad():
+                return torch.cat([m(c) for c in x.split(chunk)])
+
+        def loss_fn(m, batch):
+            return nn.functional.cross_entropy(m(batch[0]), batch[1])
+
+        def eval_fn(m):
+            z = logits(m, x_val)
+            return {"val_accuracy": float((z.argmax(1) == y_val).double().mean()),
+                    "val_loss": float(nn.functional.cross_entropy(z, y_val))}
+
+        act_in, act_out = feature_map_action(G.trivial()), len(classes) * G.trivial()
+        n_eq = min(preset["equiv_volumes"], len(x_te))
+
+        def final_metrics(m):
+            z = logits(m, x_te)
+            prob = z.softmax(1).cpu()
+            res = {"accuracy": float((z.argmax(1) == y_te).double().mean()),
+                   "auc": multiclass_auc(prob, y_te.cpu()),
+                   "val_accuracy": eval_fn(m)["val_accuracy"],
+                   "train_accuracy": float((logits(m, x_tr[:400]).argmax(1) == y_tr[:400]).double().mean()),
+                   "rod_pair_accuracy": _pair_accuracy(z.cpu(), y_te.cpu(), classes, "rod_z", "rod_x"),
+                   "helix_pair_accuracy": _pair_accuracy(z.cpu(), y_te.cpu(), classes, "helix_right", "helix_left")}
+            xe = x_te[:n_eq]
+            z_e = logits(m, xe)
+            denom = float(torch.linalg.vector_norm(z_e).clamp_min(1e-12))
+            cube, changes = [], []
+            for g in cube_elements(G).to(device):  # one forward per element: the error and the changed predictions
+                z_g = logits(m, act_in(g[None], xe))
+                cube.append(float(torch.linalg.vector_norm(z_g - z_e)) / denom)
+                changes.append(float((z_g.argmax(1) != z_e.argmax(1)).double().mean()))
+            gen = torch.Generator().manual_seed(1000 + cfg.seed)
+            haar = equivariance_error(lambda x: logits(m, x), xe, act_in, act_out, group=G,
+                                      elements=G.sample(preset["haar_samples"], generator=gen, dtype=torch.float32).to(device))
+            res.update(equiv_cube=sum(cube) / len(cube), equiv_cube_max=max(cube), equiv_haar=haar.mean,
+                       equiv_haar_max=haar.max, cube_prediction_changes=sum(changes) / len(changes))
+            rows = layer_report(m, "fro")
+            w2 = sum(r.weight_norm ** 2 for r in rows)
+            res["defect_fro"] = sum(r.defect_norm for r in rows)
+            res["rel_defect"] = math.sqrt(sum(r.defect_norm ** 2 for r in rows) / w2) if w2 > 0 else 0.0
+            res.update(group=G.name, norm_layers=o["norm"], L=int(L), width=int(preset["width"]),
+                       parameters=int(sum(p.numel() for p in m.parameters())), size=int(x_te.shape[-1]),
+                       n_train=int(len(x_tr)), n_classes=len(classes),
+                       rotation=str(data["config"].rotation_std_deg), anisotropy=float(data["config"].anisotropy))
+            return res
+
+        steps = preset["steps"]
+        tc = TrainConfig(steps=steps, batch_size=preset["batch_size"], lr=preset["lr"], optimizer="adam",
+                         schedule="cosine", warmup_steps=preset["warmup"] if preset["warmup"] < steps else 0,
+                         grad_clip=1.0, log_every=max(1, steps // 20), eval_every=preset["eval_every"],
+                         checkpoint_every=max(1, steps // 4), select="-val_accuracy", amp=bool(preset.get("amp")))
+        return Setup(model=model, train_data=(x_tr, y_tr), loss_fn=loss_fn, train_config=tc,
+                     final_metrics=final_metrics, eval_fn=eval_fn,
+                     method_options=dict(group=G, act_in=act_in, act_out=act_out,
+                                         init="keep" if o["init"] == "random" else "equivariant"))
+
+    # ------------------------------------------------------------------ report
+    def report(self, rows: List[Dict[str, Any]], out: Path) -> str:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rows = [dict(r) for r in rows]
+        for r in rows:
+            r["variant"] = f"{r.get('group', '?')}, {r.get('opt_norm', 'field')} norms"
+        labels = {"lambda_perp": "λ⊥", "sel_accuracy": "sel. acc.", "sel_auc": "sel. AUC", "accuracy": "last acc.",
+                  "auc": "last AUC", "equiv_cube": "equiv. cube", "equiv_haar": "equiv. Haar",
+                  "sel_rod_pair_accuracy": "rod pair", "sel_helix_pair_accuracy": "helix pair",
+                  "rel_defect": "rel. defect", "time_per_step_s": "s / step", "sel_step": "sel. step"}
+        parts = [f"## volumes\n\n{self.description}. *sel.* columns: the weights of the best validation "
+                 "accuracy; *last*: the final weights. *equiv.*: relative change of the logits under the cube's "
+                 "symmetries (24 rotations for SO(3), 48 for O(3); exact on the grid) and under Haar-random "
+                 "elements (trilinear interpolation), final weights. *rod / helix pair*: accuracy between the two "
+                 "classes of the pair (selected weights). Devices: "
+                 f"{', '.join(sorted({str(r.get('device')) for r in rows}))}.\n"]
+        for preset in sorted({r.get("preset") for r in rows}):
+            ps = [r for r in rows if r.get("preset") == preset]
+            rots = sorted({str(r.get("rotation")) for r in ps})
+            parts.append(f"### preset `{preset}` (data rotation: {', '.join(rots)})\n")
+            parts.append(markdown_table(ps, ["variant", "method", "scheme", "norm", "lambda_perp"],
+                                        ["sel_accuracy", "sel_auc", "accuracy", "auc", "sel_rod_pair_accuracy",
+                                         "sel_helix_pair_accuracy", "equiv_cube", "equiv_haar", "rel_defect",
+                                         "time_per_step_s"], labels))
+            fig = self._lambda_plot(ps, preset, out, plt)
+            if fig:
+                parts.append(f"\n![{preset}: accuracy and equivariance error against lambda_perp]({fig})\n")
+        return "\n".join(parts)
+
+    def _lambda_plot(self, rows, preset, out, plt) -> Optional[str]:
+        import numpy as np
+
+        proj = [r for r in rows if r["method"] == "projection" and r["lambda_perp"] > 0]
+        if len({r["lambda_perp"] for r in proj}) < 2:
+            return None
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+        variants = sorted({r["variant"] for r in rows})
+        for i, v in enumerate(variants):
+            colour = f"C{i}"
+            vs = [r for r in proj if r["variant"] == v and r.get("norm") == "fro"]
+            lams = sorted({r["lambda_perp"] for r in vs})
+            for ax, key in ((a1, "sel_accuracy"), (a2, "equiv_cube")):
+                m = [np.mean([r[key] for r in vs if r["lambda_perp"] == p]) for p in lams]
+                sd = [np.std([r[key] for r in vs if r["lambda_perp"] == p]) for p in lams]
+                if lams:
+                    ax.errorbar(lams, m, yerr=sd, marker="o", capsize=3, color=colour, label=f"projection ({v})")
+                for name, style in (("strict", "--"), ("plain", ":")):
+                    ref = [r[key] for r in rows if r["method"] == name and r["variant"] == v]
+                    if ref:
+                        ax.axhline(float(np.mean(ref)), ls=style, color=colour, lw=1.2,
+                                   label=f"{name} ({v}, {len(ref)} seeds)")
+        for ax in (a1, a2):
+            ax.set_xscale("log")
+            ax.set_xlabel("lambda_perp")
+        a2.set_yscale("log")
+        a1.set_ylabel("test accuracy (selected weights)")
+        a2.set_ylabel("equivariance error, cube symmetries")
+        a1.legend(fontsize=7, loc="best")
+        dev = ", ".join(sorted({str(r.get("device")) for r in rows}))
+        seeds = len({r["seed"] for r in rows})
+        fig.suptitle(f"volumes, preset {preset}: mean ± std over {seeds} seed(s); {dev}", fontsize=9)
+        return save_figure(fig, figures_dir(out) / f"volumes_{preset}_lambda.png")
