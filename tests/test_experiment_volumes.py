@@ -220,3 +220,18 @@ def test_cube_elements_map_the_grid_onto_itself():
         E = cube_elements(G)
         assert E.shape == (n, 3, 3) and grid_permutation(E.double(), (5, 5, 5)) is not None
         G.as_elements(E)  # valid elements of the group
+
+
+def test_projector_state_is_orders_of_magnitude_below_dense_bases():
+    from equiproj.benchmarks.volumes import projector_memory
+    from equiproj.regularise import declared_layers
+
+    for G in (so3(), o3()):
+        net = ResNet3d(9, G, width=2, L=2, kernels=(5, 3, 5), input_size=16)
+        mem = projector_memory(net)
+        layers = declared_layers(net)
+        assert len(layers) == 9
+        # independent count of a dense basis of the kernels: every layer's weight size times its equivariant dimension
+        dense = sum(m.weight.numel() * spec.projector.dim * 4 for _, m, spec in layers)
+        assert mem["dense_q_bytes"] == dense
+        assert 0 < mem["projector_bytes"] * 1000 < mem["dense_q_bytes"]
