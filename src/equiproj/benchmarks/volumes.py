@@ -165,13 +165,17 @@ def to_markdown(res: Dict, command: str) -> str:
         "equivariant kernels of every layer (`D x dim` float32 numbers per layer, what the paper caches); "
         "*dense QQ^T*: a dense per-layer projector. Throughputs in volumes per second.",
         "",
-        "| method | params | train vol/s | step ratio | infer vol/s | memory | memory ratio | projectors | dense Q | "
-        "dense QQ^T |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "*params*: trainable parameters (RPP and the split scheme of the projection method add a second copy of the "
+        "kernels); *equiv. dims*: the dimension of the equivariant kernel spaces of all layers (the strict model's "
+        "free parameters in its convolutions).",
+        "",
+        "| method | params | equiv. dims | train vol/s | step ratio | infer vol/s | memory | memory ratio | projectors | "
+        "dense Q | dense QQ^T |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in res["rows"]:
         lines.append(
-            f"| {r['method']} | {r['params']:,} | {r['train_throughput']:.1f} | {r['step_ratio']:.2f} | "
+            f"| {r['method']} | {r['params']:,} | {r.get('equivariant_dims', 0):,} | {r['train_throughput']:.1f} | {r['step_ratio']:.2f} | "
             f"{r['infer_throughput']:.1f} | {format_bytes(r['memory_bytes'])} | {r['memory_ratio']:.2f} | "
             f"{format_bytes(r['projector_bytes']) if r['projector_bytes'] else '–'} | "
             f"{format_bytes(r['dense_q_bytes'])} | {format_bytes(r['dense_projector_bytes'])} |")
