@@ -427,7 +427,10 @@ class VolumesExperiment(Experiment):
         rows = [dict(r) for r in rows]
         for r in rows:
             r["variant"] = f"{r.get('group', '?')}, {r.get('opt_norm', 'field')} norms"
-        labels = {"lambda_perp": "λ⊥", "sel_accuracy": "sel. acc.", "sel_auc": "sel. AUC", "accuracy": "last acc.",
+            if r.get("method") in ("plain", "strict"):  # no penalty weight nor norm
+                r["lambda_perp"], r["norm"] = None, None
+        labels = {"rotation": "data rotation", "lambda_perp": "λ⊥",
+                  "sel_accuracy": "sel. acc.", "sel_auc": "sel. AUC", "accuracy": "last acc.",
                   "auc": "last AUC", "equiv_cube": "equiv. cube", "equiv_haar": "equiv. Haar",
                   "sel_rod_pair_accuracy": "rod pair", "sel_helix_pair_accuracy": "helix pair",
                   "rel_defect": "rel. defect", "time_per_step_s": "s / step", "sel_step": "sel. step"}
@@ -439,9 +442,8 @@ class VolumesExperiment(Experiment):
                  f"{', '.join(sorted({str(r.get('device')) for r in rows}))}.\n"]
         for preset in sorted({r.get("preset") for r in rows}):
             ps = [r for r in rows if r.get("preset") == preset]
-            rots = sorted({str(r.get("rotation")) for r in ps})
-            parts.append(f"### preset `{preset}` (data rotation: {', '.join(rots)})\n")
-            parts.append(markdown_table(ps, ["variant", "method", "scheme", "norm", "lambda_perp"],
+            parts.append(f"### preset `{preset}`\n")
+            parts.append(markdown_table(ps, ["rotation", "variant", "method", "scheme", "norm", "lambda_perp"],
                                         ["sel_accuracy", "sel_auc", "accuracy", "auc", "sel_rod_pair_accuracy",
                                          "sel_helix_pair_accuracy", "equiv_cube", "equiv_haar", "rel_defect",
                                          "time_per_step_s"], labels))
@@ -453,14 +455,17 @@ class VolumesExperiment(Experiment):
     def _lambda_plot(self, rows, preset, out, plt) -> Optional[str]:
         import numpy as np
 
-        proj = [r for r in rows if r["method"] == "projection" and r["lambda_perp"] > 0]
+        proj = [r for r in rows if r["method"] == "projection" and (r["lambda_perp"] or 0) > 0]
         if len({r["lambda_perp"] for r in proj}) < 2:
             return None
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
-        variants = sorted({r["variant"] for r in rows})
+        def var(r):
+            return f"{r['variant']}, rotation {r.get('rotation')}"
+
+        variants = sorted({var(r) for r in rows})
         for i, v in enumerate(variants):
             colour = f"C{i}"
-            vs = [r for r in proj if r["variant"] == v and r.get("norm") == "fro"]
+            vs = [r for r in proj if var(r) == v and r.get("norm") == "fro"]
             lams = sorted({r["lambda_perp"] for r in vs})
             for ax, key in ((a1, "sel_accuracy"), (a2, "equiv_cube")):
                 m = [np.mean([r[key] for r in vs if r["lambda_perp"] == p]) for p in lams]
@@ -468,7 +473,7 @@ class VolumesExperiment(Experiment):
                 if lams:
                     ax.errorbar(lams, m, yerr=sd, marker="o", capsize=3, color=colour, label=f"projection ({v})")
                 for name, style in (("strict", "--"), ("plain", ":")):
-                    ref = [r[key] for r in rows if r["method"] == name and r["variant"] == v]
+                    ref = [r[key] for r in rows if r["method"] == name and var(r) == v]
                     if ref:
                         ax.axhline(float(np.mean(ref)), ls=style, color=colour, lw=1.2,
                                    label=f"{name} ({v}, {len(ref)} seeds)")
