@@ -100,9 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p, sweep=True)
     p = sub.add_parser("report", help="Markdown tables and PNG plots from a run folder")
     p.add_argument("out", help="folder written by run / sweep")
-    p = sub.add_parser("bench", help="run a benchmark (projection, conv, steerable, methods)",
+    p = sub.add_parser("bench", help="run a benchmark (projection, conv, steerable, methods, volumes)",
                        epilog="example: equiproj bench projection --widths 64 256 512")
-    p.add_argument("name", help="projection | conv | steerable | methods")
+    p.add_argument("name", help="projection | conv | steerable | methods | volumes")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the benchmark (see --help of each)")
     p = sub.add_parser("demo", help="the main job: a few-minute CPU demo writing a report with figures",
                        epilog="example: equiproj demo --out demo-out")
@@ -153,7 +153,8 @@ def _dispatch(args) -> int:
     if args.command == "bench":
         import importlib
 
-        names = {"projection": "projection", "conv": "conv", "steerable": "steerable", "methods": "methods"}
+        names = {"projection": "projection", "conv": "conv", "steerable": "steerable", "methods": "methods",
+                 "volumes": "volumes"}
         if args.name not in names:
             raise ValueError(f"unknown benchmark {args.name!r}: choose one of {', '.join(names)}")
         importlib.import_module(f"equiproj.benchmarks.{names[args.name]}").main(args.args)

@@ -169,7 +169,7 @@ def get_experiment(name: str) -> Experiment:
     return EXPERIMENTS[name]
 
 
-_BUILTIN = ("so2_toy", "vectors", "ct", "smoke")
+_BUILTIN = ("so2_toy", "vectors", "ct", "smoke", "volumes")
 
 
 def _load_builtin() -> None:
