@@ -180,8 +180,8 @@ def test_cli(out, capsys, tmp_path):
                  "--quiet", "--out", str(tmp_path)]) == 0
     assert main(["report", str(tmp_path)]) == 0
     assert (tmp_path / "report.md").exists()
-    with pytest.raises(SystemExit):
-        main(["run", "so2-toy", "--option", "novalue", "--out", str(tmp_path)])
+    assert main(["run", "so2-toy", "--option", "novalue", "--out", str(tmp_path)]) == 2
+    assert "--option expects key=value" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "empty")]) == 2
 
 

@@ -149,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     sub.add_parser("list", help="experiments with their presets, methods and --option keys; all method names",
                    parents=[debug])
+    ap._subcommands = dict(sub.choices)
     return ap
 
 
@@ -164,7 +165,11 @@ def _expected_errors():
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    ap = build_parser()
+    args, extra = ap.parse_known_args(argv)
+    if extra:  # unknown arguments: the subcommand's usage, not the top-level one
+        sub = ap._subcommands.get(getattr(args, "command", None), ap)
+        sub.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return _dispatch(args)
     except KeyboardInterrupt:

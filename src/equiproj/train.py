@@ -962,8 +962,10 @@ def _fit(model, train_data, config: TrainConfig, loss_fn, out_dir, regulariser, 
         raise RunFolderError(start["message"])
     if start.get("repair"):
         log.warning("%s", start["repair"])
-        if main and progress:
-            print(f"equiproj: {start['repair']}", flush=True)
+        if main:  # never silently: the run's final files were not usable
+            import sys
+
+            print(f"equiproj: {start['repair']}", file=sys.stderr, flush=True)
     if start["kind"] == "finished":
         try:
             model.load_state_dict(start["model"])

@@ -422,6 +422,7 @@ def run(cfg: RunConfig, out: str, progress: bool = True, collect_after: bool = T
     preset = dict(exp.presets[cfg.preset])
     preset_values = json.loads(json.dumps(preset, default=str))  # as stored in metrics.json
     main = is_main_process()
+    device = select_device(cfg.device)  # a missing device fails before anything is written
     lock = folder_lock(run_dir, blocking=blocking or not main) if main else contextlib.nullcontext(True)
     with lock as held:
         if not held:
@@ -436,7 +437,6 @@ def run(cfg: RunConfig, out: str, progress: bool = True, collect_after: bool = T
             _say(f"note: {run_dir}: {problem}; recomputing its metrics from the run's files", True)
         elif (run_dir / CHECKPOINT_NAME).exists():
             _say(f"resume {cfg.run_id()} from its checkpoint ({run_dir / CHECKPOINT_NAME})", verbose)
-        device = select_device(cfg.device)
         threads = cfg.threads if cfg.threads is not None else (1 if device.type == "cpu" else None)
         with _threads(threads), _process_group() as distributed:
             row = _train_and_measure(exp, cfg, preset, preset_values, device, run_dir, progress, distributed)
