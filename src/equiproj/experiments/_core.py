@@ -730,7 +730,7 @@ def report(out: Any, into: Optional[str] = None, skip_bad: bool = False) -> str:
     if not outs:
         raise ValueError("report: give at least one output folder")
     for o in outs:
-        if not Path(o).is_dir():
+        if str(o).strip() == "" or not Path(o).is_dir():
             raise ValueError(f"report: {str(o)!r} is not a folder written by `equiproj run` or `equiproj sweep`")
     dest = Path(into) if into is not None else Path(outs[0])
     rows, bad, unfinished = scan(outs)

@@ -1,4 +1,4 @@
-"""``equiproj demo``: the README's main job, a few minutes on a CPU.
+"""``equiproj demo``: the README's main job, about ten minutes on an idle 2-core CPU (one thread).
 
 It runs, at the ``ci`` preset:
 
@@ -25,9 +25,10 @@ from ._core import report, sweep
 __all__ = ["demo"]
 
 
-#: Seconds per training step with one thread on a 2-core machine (measured, ``ci`` preset),
-#: used for the time estimate printed before the demo starts.
-_STEP_SECONDS = {"so2-toy": 0.004, "vectors": 0.035}
+#: Seconds per training step and per run (data, set-up, final metrics) with one thread on an
+#: idle 2-core machine (``ci`` preset), for the time estimate printed before the demo starts.
+_STEP_SECONDS = {"so2-toy": 0.006, "vectors": 0.035}
+_RUN_SECONDS = {"so2-toy": 1.0, "vectors": 2.0}
 
 
 def _plan(quick: bool, steps: Optional[int], threads: Optional[int]):
@@ -60,6 +61,7 @@ def demo(out: str, progress: bool = True, quick: bool = False, steps: Optional[i
     starts, the demo prints how many runs are left and the expected time; a line per sweep and
     a progress bar per run follow.
     """
+    import math
     import time
 
     from ._core import METRICS_NAME, _say, get_experiment, sweep_configs
@@ -73,10 +75,10 @@ def demo(out: str, progress: bool = True, quick: bool = False, steps: Optional[i
             total += 1
             if not (out_p / "runs" / cfg.run_id() / METRICS_NAME).exists():
                 todo += 1
-                secs += (cfg.steps or preset["steps"]) * _STEP_SECONDS[name] * (1 if (threads or 1) == 1 else 1.5)
-    minutes = max(1, round(secs / 60 + 0.5 * (todo > 0)))
+                secs += _RUN_SECONDS[name] + (cfg.steps or preset["steps"]) * _STEP_SECONDS[name]
+    minutes = max(1, math.ceil(secs / 60)) if todo else 0
     _say(f"equiproj demo: {total} runs, {total - todo} already finished; about {minutes} minute(s) for the rest "
-         f"with {threads or 1} thread(s) on an idle 2-core CPU (longer when the CPU is busy)", progress)
+         f"with {threads or 1} thread(s) on an idle 2-core CPU (several times longer on a busy one)", progress)
     t0 = time.perf_counter()
     rows = []
     for i, (name, grid, base) in enumerate(plan, 1):
