@@ -266,65 +266,81 @@ def test_defect_history_is_recorded_by_fit(tmp_path):
 # ---------------------------------------------------------------------------- processes
 
 
-_SWEEP_SCRIPT = r"""
-import sys
-import equiproj.experiments._core as core
-counter = sys.argv[1]
-orig = core._train_and_measure
-def counted(exp, cfg, *a, **k):
-    with open(counter, "a") as f:
-        f.write(cfg.run_id() + "\n")
-    return orig(exp, cfg, *a, **k)
-core._train_and_measure = counted
-from equiproj.cli import main
-sys.exit(main(sys.argv[2:]))
-"""
+def _sweep_child(argv, counter):
+    """A sweep in a forked child (no new interpreter to start): every training is counted."""
+    import equiproj.experiments._core as core
+
+    orig = core._train_and_measure
+
+    def counted(exp, cfg, *a, **k):
+        with open(counter, "a") as f:
+            f.write(cfg.run_id() + "\n")
+        return orig(exp, cfg, *a, **k)
+
+    core._train_and_measure = counted
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os._exit(main(argv))
 
 
-def _sweep_argv(out, steps=30):
+def _fork(argv, counter):
+    import multiprocessing
+
+    p = multiprocessing.get_context("fork").Process(target=_sweep_child, args=(argv, str(counter)))
+    p.start()
+    return p
+
+
+def _sweep_argv(out, steps=40):
     return ["sweep", "so2-toy", "--methods", "projection", "--lambda-perp", "0", "0.1", "1", "--steps", str(steps),
             "--quiet", "--out", str(out)]
 
 
+pytestmark_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+
+
+@pytestmark_fork
 def test_sigkilled_sweep_resumes_without_lost_or_duplicated_rows(tmp_path):
     out, counter = tmp_path / "killed", tmp_path / "count.txt"
-    script = tmp_path / "sweep.py"
-    script.write_text(_SWEEP_SCRIPT)
-    cmd = [sys.executable, str(script), str(counter)] + _sweep_argv(out)
+    argv = _sweep_argv(out)
     runs = out / "runs"
 
     def start_and_kill(when):
-        p = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p = _fork(argv, counter)
         deadline = time.monotonic() + 60
-        while p.poll() is None and not when() and time.monotonic() < deadline:
-            time.sleep(0.005)
-        if p.poll() is None:
+        while p.is_alive() and not when() and time.monotonic() < deadline:
+            time.sleep(0.002)
+        if p.is_alive():
             os.kill(p.pid, signal.SIGKILL)
-        p.wait()
+        p.join()
+        return p.exitcode
 
-    # killed inside the first run (once it has a checkpoint), then after the first finished run
-    start_and_kill(lambda: any(runs.glob("*/checkpoint.pt")))
-    start_and_kill(lambda: len(list(runs.glob("*/metrics.json"))) >= 2)
-    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
+    # killed inside the first run (at its first checkpoint, step 37 of 40), after the first finished
+    # run, and inside the last run; then completed
+    codes = [start_and_kill(lambda: any(runs.glob("*/checkpoint.pt"))),
+             start_and_kill(lambda: len(list(runs.glob("*/metrics.json"))) >= 1),
+             start_and_kill(lambda: len(list(runs.glob("*/checkpoint.pt"))) >= 3)]
+    assert -signal.SIGKILL in codes  # at least one kill landed before the sweep had finished
+    p = _fork(argv, counter)
+    p.join(120)
+    assert p.exitcode == 0
     rows = (out / "results.csv").read_text().strip().splitlines()
     assert len(rows) == 4 and len({row.split(",")[0] for row in rows[1:]}) == 3
     ref = sweep("so2-toy", str(tmp_path / "ref"), {"method": ["projection"], "lambda_perp": [0.0, 0.1, 1.0]},
-                dict(steps=30), progress=False)
+                dict(steps=40), progress=False)
     for want in ref:
         got = json.loads((runs / want["run_id"] / "metrics.json").read_text())
         assert _same_metrics(got, want), want["run_id"]
 
 
+@pytestmark_fork
 def test_two_concurrent_sweeps_train_every_run_once(tmp_path):
     out, counter = tmp_path / "shared", tmp_path / "count.txt"
-    script = tmp_path / "sweep.py"
-    script.write_text(_SWEEP_SCRIPT)
-    cmd = [sys.executable, str(script), str(counter)] + _sweep_argv(out, steps=30)
-    procs = [subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
-    outs = [p.communicate(timeout=180) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
+    procs = [_fork(_sweep_argv(out), counter) for _ in range(2)]
+    for p in procs:
+        p.join(180)
+    assert [p.exitcode for p in procs] == [0, 0]
     trained = counter.read_text().split()
     assert len(trained) == 3 and len(set(trained)) == 3  # each run trained by exactly one of the sweeps
     assert len((out / "results.csv").read_text().strip().splitlines()) == 4
@@ -385,6 +401,25 @@ def test_torchrun_two_gloo_processes_one_writer_identical_metrics(tmp_path):
     row = json.loads(next(out.glob("runs/*/metrics.json")).read_text())
     assert row["world_size"] == 2 and "ws2" in row["run_id"]
     assert RunConfig("so2-toy", steps=6).run_id() != row["run_id"]
+
+
+def test_non_finite_final_weights_stop_fit_and_keep_the_checkpoint(tmp_path):
+    from equiproj.train import TrainConfig, fit
+
+    x = torch.linspace(-1, 1, 16)[:, None]
+    model = torch.nn.Linear(1, 1)
+    cfg = TrainConfig(steps=4, batch_size=8, lr=0.1, checkpoint_every=2, device="cpu")
+
+    def poison(step, state):  # after the last checkpoint: the loss was finite, the weights are not
+        if step == 4:
+            with torch.no_grad():
+                state.model.weight.fill_(float("inf"))
+
+    mse = lambda m, b: torch.nn.functional.mse_loss(m(b[0]), 3 * b[0])  # noqa: E731
+    with pytest.raises(FloatingPointError, match="weights are not finite after step 4"):
+        fit(model, (x,), cfg, mse, tmp_path, callbacks=[poison], progress=False)
+    assert not (tmp_path / "model.pt").exists() and not (tmp_path / "result.json").exists()
+    assert fit(torch.nn.Linear(1, 1), (x,), cfg, mse, tmp_path, progress=False)["status"] == "finished"
 
 
 def test_thread_count_is_part_of_the_identity():

@@ -423,7 +423,9 @@ def run(cfg: RunConfig, out: str, progress: bool = True, collect_after: bool = T
     preset_values = json.loads(json.dumps(preset, default=str))  # as stored in metrics.json
     main = is_main_process()
     device = select_device(cfg.device)  # a missing device fails before anything is written
-    lock = folder_lock(run_dir, blocking=blocking or not main) if main else contextlib.nullcontext(True)
+    # under torchrun every rank must take the same path: rank 0 waits for the lock, never skips
+    blocking = blocking or _world_size() > 1
+    lock = folder_lock(run_dir, blocking=blocking) if main else contextlib.nullcontext(True)
     with lock as held:
         if not held:
             return {"status": "busy", "run_id": cfg.run_id()}
