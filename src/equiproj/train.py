@@ -967,6 +967,11 @@ def _fit(model, train_data, config: TrainConfig, loss_fn, out_dir, regulariser, 
 
             print(f"equiproj: {start['repair']}", file=sys.stderr, flush=True)
     if start["kind"] == "finished":
+        made_by = start["result"].get("world_size", 1)
+        if made_by != info.world_size:
+            warnings.warn(f"{str(out)!r} holds the finished result of a run with {made_by} process(es), returned to a "
+                          f"run with {info.world_size}: its numbers come from that run (put the world size in "
+                          f"TrainConfig.meta, or use another out_dir, to keep such runs apart)")
         try:
             model.load_state_dict(start["model"])
         except RuntimeError as exc:

@@ -810,6 +810,7 @@ def defect_history_section(rows: List[Dict[str, Any]], out: Path, experiment: st
                 for n in d:
                     if n not in layer_names:
                         layer_names.append(n)
+    n_layers = len(layer_names)
     layer_names = layer_names[:6]
     ncol = min(3, len(layer_names))
     nrow = math.ceil(len(layer_names) / ncol)
@@ -856,6 +857,8 @@ def defect_history_section(rows: List[Dict[str, Any]], out: Path, experiment: st
     slug = experiment.replace("-", "_")
     path = save_figure(fig, figures_dir(out) / f"{slug}_defect_history.png")
     more = f" (the first {max_lines} of {len(series)} configurations)" if len(series) > max_lines else ""
+    if n_layers > len(layer_names):
+        more += f" (the first {len(layer_names)} of {n_layers} layers)"
     return (f"\n### Per-layer defect during training\n\nThe relative defect of every declared layer at every "
             f"evaluation{more}; exact zeros (strict models) are not drawn on the log axis.\n\n"
             f"![per-layer defect history]({path})\n")
