@@ -1147,6 +1147,8 @@ def _fit(model, train_data, config: TrainConfig, loss_fn, out_dir, regulariser, 
             bar.set_postfix(loss=f"{means[2]:.4g}", task=f"{means[0]:.4g}", pen=f"{means[1]:.3g}")
         log.info("step %d: loss %.6g (task %.6g, penalty %.6g)", step, means[2], means[0], means[1])
 
+    if ckpt is None:
+        record_defects()  # the starting point of the defect history (step 0)
     bar = _progress_bar(progress and main, config.steps, step)
     model.train()
     session_start = time.perf_counter()
