@@ -661,7 +661,7 @@ def sweep(experiment: str, out: str, grid: Dict[str, Sequence[Any]], base: Optio
                                  "to train them again, or pass --skip-bad to go on without them.")
     for p, why in bad:
         _say(f"skipped bad run folder {p}: {why}", True)
-    return [rows[c.run_id()] for c in configs if c.run_id() in rows]
+    return [rows[c.run_id()] for c in configs if c.run_id() in rows and rows[c.run_id()].get("status") != "bad"]
 
 
 def scan(outs: Any) -> "tuple[List[Dict[str, Any]], List[tuple], List[Path]]":
