@@ -439,3 +439,20 @@ def test_bad_folder_in_a_sweep_is_listed_and_skip_bad_goes_on(tmp_path):
     atomic_write_json(junk / "metrics.json", {"x": 1})
     with pytest.raises(BadRunFolders, match="lacks the field"):
         sweep("so2-toy", str(tmp_path), grid, dict(steps=4), progress=False)
+
+
+def test_demo_states_runs_threads_and_expected_time_before_it_starts(tmp_path, monkeypatch, capsys):
+    import equiproj.experiments.demo as demo_mod
+
+    calls = []
+    monkeypatch.setattr(demo_mod, "sweep", lambda name, out, grid, base, progress: calls.append(base) or [])
+    monkeypatch.setattr(demo_mod, "report", lambda out: "# r\n")
+    demo_mod.demo(str(tmp_path), progress=True)
+    err = capsys.readouterr().err
+    first = err.splitlines()[0]  # 6 + 1 + 9 so2-toy runs, 2 + 2 + 4 vectors runs
+    assert first.startswith("equiproj demo: 24 runs, 0 already finished; about") and "1 thread(s)" in first
+    assert int(first.split("about ")[1].split(" ")[0]) >= 5  # the vectors runs alone take minutes
+    assert "[1/5] so2-toy" in err and "[5/5] vectors" in err
+    assert all(b["threads"] is None for b in calls)  # None: one thread on a CPU (see RunConfig.key)
+    demo_mod.demo(str(tmp_path), progress=False, threads=3)
+    assert all(b["threads"] == 3 for b in calls[5:])
