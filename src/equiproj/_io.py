@@ -27,12 +27,18 @@ import csv
 import io
 import json
 import os
+import re
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Union
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_torch_save",
-           "append_csv_row", "read_csv_rows"]
+           "append_csv_row", "read_csv_rows", "remove_stale_temp_files", "is_temp_file", "folder_lock",
+           "check_writable_folder"]
+
+#: Temporary files of this module are ``.<final name>.<random>.tmp`` (``tempfile.mkstemp``).
+_TEMP_RE = re.compile(r"^\..+\.[A-Za-z0-9_]{6,}\.tmp$")
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -59,8 +65,11 @@ def atomic_write_bytes(path: PathLike, writer: Union[bytes, bytearray, Callable[
         empty file under the final name.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise _with_path(exc, path) from None
     try:
         with os.fdopen(fd, "wb") as f:
             if callable(writer):
@@ -75,10 +84,20 @@ def atomic_write_bytes(path: PathLike, writer: Union[bytes, bytearray, Callable[
         except OSError:
             pass
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        if isinstance(exc, OSError):
+            raise _with_path(exc, path) from None
         raise
+
+
+def _with_path(exc: OSError, path: Path) -> OSError:
+    """The same ``OSError`` (same class and errno), with a message that names the file being written."""
+    reason = exc.strerror or str(exc)
+    if exc.errno:
+        return type(exc)(exc.errno, f"cannot write {str(path)!r}: {reason}")
+    return OSError(f"cannot write {str(path)!r}: {reason}")
 
 
 def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> None:
@@ -99,10 +118,16 @@ def atomic_write_json(path: PathLike, obj: Any, indent: int = 2, sort_keys: bool
 
 
 def atomic_torch_save(obj: Any, path: PathLike) -> None:
-    """``torch.save(obj, path)`` through a temporary file and an atomic rename."""
+    """``torch.save(obj, path)`` through a temporary file and an atomic rename.
+
+    The object is serialised in memory first, so that a failing write (a full disk) surfaces as
+    an ``OSError`` naming the file rather than as an error inside torch's serialiser.
+    """
     import torch
 
-    atomic_write_bytes(path, lambda f: torch.save(obj, f))
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getbuffer())
 
 
 @contextlib.contextmanager
@@ -120,6 +145,87 @@ def _file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: PathLike, blocking: bool = True) -> Iterator[bool]:
+    """An advisory, exclusive inter-process lock on ``<folder>/.lock`` (``fcntl.flock``).
+
+    Yields ``True`` when the lock is held, ``False`` when ``blocking=False`` and another process
+    holds it. The kernel releases the lock when its holder exits, so a killed process never
+    leaves it stuck (the empty ``.lock`` file it leaves behind is harmless). On systems without
+    ``fcntl`` (Windows) it always yields ``True`` and locks nothing.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield True
+        return
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        f = open(folder / ".lock", "a")
+    except OSError as exc:
+        raise _with_path(exc, folder / ".lock") from None
+    with f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def is_temp_file(name: str) -> bool:
+    """Whether ``name`` is a temporary file of this module (``.<name>.<random>.tmp``)."""
+    return bool(_TEMP_RE.match(name))
+
+
+def remove_stale_temp_files(folder: PathLike, older_than_s: float = 0.0) -> List[Path]:
+    """Remove the temporary files that killed writes left in ``folder`` (not recursive).
+
+    Only names of this module's pattern (``.<name>.<random>.tmp``) are touched. ``older_than_s``
+    spares files modified in the last seconds (a write of another process in progress); with a
+    lock that excludes other writers, ``0`` removes them all. Returns the removed paths.
+    """
+    folder = Path(folder)
+    removed: List[Path] = []
+    if not folder.is_dir():
+        return removed
+    now = time.time()
+    for p in folder.iterdir():
+        if is_temp_file(p.name) and p.is_file():
+            with contextlib.suppress(OSError):
+                if older_than_s <= 0 or now - p.stat().st_mtime > older_than_s:
+                    p.unlink()
+                    removed.append(p)
+    return removed
+
+
+def check_writable_folder(folder: PathLike, what: str = "--out") -> Path:
+    """Create ``folder`` if needed and check that a file can be written there.
+
+    Raises ``ValueError`` for an empty name and ``OSError`` (naming the folder and the fix) when
+    the path is not a folder or is not writable, before any work is spent.
+    """
+    if folder is None or str(folder).strip() == "":
+        raise ValueError(f"{what} is empty: give the output folder, e.g. {what} runs/toy")
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{what} {str(folder)!r} exists and is not a folder: give a folder name")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".write-test.", suffix=".tmp")
+        os.close(fd)
+        os.remove(tmp)
+    except OSError as exc:
+        raise type(exc)(exc.errno, f"{what} {str(folder)!r} is not writable ({exc.strerror or exc}): give a "
+                                   f"folder you can write to") if exc.errno else OSError(
+            f"{what} {str(folder)!r} is not writable ({exc}): give a folder you can write to") from None
+    return folder
 
 
 def read_csv_rows(path: PathLike) -> "tuple[list, list]":

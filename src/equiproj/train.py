@@ -65,7 +65,7 @@ from ._io import append_csv_row, atomic_torch_save, atomic_write_json
 __all__ = [
     "TrainConfig", "TrainState", "StopTraining", "fit", "seed_everything", "select_device",
     "is_main_process", "record_result", "result_row", "load_result", "load_best_model",
-    "CHECKPOINT_NAME", "RESULT_NAME", "MODEL_NAME", "BEST_MODEL_NAME",
+    "CHECKPOINT_NAME", "RESULT_NAME", "MODEL_NAME", "BEST_MODEL_NAME", "DeviceUnavailableError", "RunFolderError",
 ]
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ def select_device(spec: Union[str, torch.device] = "auto", local_rank: Optional[
         kind = "cuda"
     if not available:
         build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA support (CPU build)"
-        raise RuntimeError(
+        raise DeviceUnavailableError(
             f"device {spec!r} was requested but CUDA is not available on this machine "
             f"(torch {torch.__version__} with {build}); use device='cpu' or device='auto'"
         )
@@ -163,9 +163,19 @@ def select_device(spec: Union[str, torch.device] = "auto", local_rank: Optional[
         index = local_rank if local_rank is not None else torch.cuda.current_device()
     count = torch.cuda.device_count()
     if index >= count:
-        raise RuntimeError(f"device {spec!r}: CUDA device index {index} does not exist "
+        raise DeviceUnavailableError(f"device {spec!r}: CUDA device index {index} does not exist "
                            f"(this machine has {count} CUDA device(s))")
     return torch.device("cuda", index)
+
+
+class DeviceUnavailableError(RuntimeError):
+    """The requested device does not exist on this machine (CUDA absent, or no such index)."""
+
+
+class RunFolderError(ValueError):
+    """A run folder cannot be used: it holds another configuration's run, or a file that cannot be
+    trusted (unreadable, missing, non-finite weights) with no checkpoint to continue from. The
+    message names the file and the fix."""
 
 
 def _dist_ready() -> bool:
@@ -734,41 +744,102 @@ def _floats(metrics: Any, where: str) -> Dict[str, float]:
     return out
 
 
+def _load_weights(path: Path) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+    """``(state_dict, None)`` of a weights file, or ``(None, why it cannot be used)``."""
+    if not path.exists():
+        return None, "is missing"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, garbage, another format
+        return None, f"cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        return None, f"is not a state_dict (found {type(state).__name__})"
+    bad = [k for k, v in state.items() if v.is_floating_point() or v.is_complex()
+           if not bool(torch.isfinite(v).all())]
+    if bad:
+        return None, f"holds non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})"
+    return state, None
+
+
+def _read_checkpoint(ckpt_path: Path, config: TrainConfig, out: Path, advice: str) -> Dict[str, Any]:
+    h = config.hash
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        return {"kind": "error", "message": f"cannot read the checkpoint {str(ckpt_path)!r} ({type(exc).__name__}: "
+                                            f"{exc}). {advice}"}
+    if not isinstance(ckpt, dict) or ckpt.get("format") != _CHECKPOINT_FORMAT:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        return {"kind": "error", "message": f"{str(ckpt_path)!r} is not a checkpoint of this version of "
+                                            f"equiproj.train (format {found!r}, expected "
+                                            f"{_CHECKPOINT_FORMAT}). {advice}"}
+    if ckpt.get("config_hash") != h:
+        diff = _config_diff(ckpt.get("hashed_config", {}), config.hashed_dict())
+        return {"kind": "error", "message": f"out_dir {str(out)!r} holds a checkpoint of a different "
+                                            f"configuration (hash {ckpt.get('config_hash')} != {h}; {diff}). "
+                                            f"{advice}"}
+    model_state = ckpt.get("model")
+    if isinstance(model_state, dict):
+        bad = [k for k, v in model_state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+               and not bool(torch.isfinite(v).all())]
+        if bad:
+            return {"kind": "error", "message": f"the checkpoint {str(ckpt_path)!r} holds non-finite weights "
+                                                f"({', '.join(bad[:3])}). {advice}"}
+    return {"kind": "resume", "checkpoint": ckpt}
+
+
 def _check_start(out: Optional[Path], config: TrainConfig) -> Dict[str, Any]:
     """What to do with ``out_dir``: ``fresh``, ``resume`` (with the checkpoint), ``finished`` (with
-    the result and final weights) or ``error`` (with a message). Runs on rank 0."""
+    the result and final weights) or ``error`` (with a message). Runs on rank 0.
+
+    A finished run is trusted only when ``result.json`` is a readable result of this configuration
+    and its weights (``model.pt``, and ``best_model.pt`` with model selection) load and are
+    finite; otherwise the run continues from its checkpoint when there is a good one, and is
+    refused with a message naming the file when there is none. The final metrics are therefore
+    never computed from an untrained or partially loaded model.
+    """
     if out is None:
         return {"kind": "fresh"}
     h = config.hash
     advice = (f"Use another out_dir for this configuration, or delete the folder {str(out)!r} to start "
               f"again from scratch.")
     result_path, ckpt_path, model_path = out / RESULT_NAME, out / CHECKPOINT_NAME, out / MODEL_NAME
+    problem = None
     if result_path.exists():
-        result = load_result(out)
-        if result.get("config_hash") != h:
-            old = {k: v for k, v in result.get("config", {}).items() if k not in _UNHASHED_FIELDS}
-            diff = _config_diff(old, config.hashed_dict())
-            return {"kind": "error", "message": f"out_dir {str(out)!r} holds the finished result of a different "
-                                                f"configuration (hash {result.get('config_hash')} != {h}; "
-                                                f"{diff}). {advice}"}
-        state = torch.load(model_path, map_location="cpu", weights_only=True) if model_path.exists() else None
-        return {"kind": "finished", "result": result, "model": state}
-    if ckpt_path.exists():
         try:
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            return {"kind": "error", "message": f"cannot read the checkpoint {str(ckpt_path)!r} ({exc}). {advice}"}
-        if not isinstance(ckpt, dict) or ckpt.get("format") != _CHECKPOINT_FORMAT:
-            found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-            return {"kind": "error", "message": f"{str(ckpt_path)!r} is not a checkpoint of this version of "
-                                                f"equiproj.train (format {found!r}, expected "
-                                                f"{_CHECKPOINT_FORMAT}). {advice}"}
-        if ckpt.get("config_hash") != h:
-            diff = _config_diff(ckpt.get("hashed_config", {}), config.hashed_dict())
-            return {"kind": "error", "message": f"out_dir {str(out)!r} holds a checkpoint of a different "
-                                                f"configuration (hash {ckpt.get('config_hash')} != {h}; {diff}). "
-                                                f"{advice}"}
-        return {"kind": "resume", "checkpoint": ckpt}
+            result = load_result(out)
+            if not isinstance(result, dict):
+                raise ValueError(f"expected a JSON object, found {type(result).__name__}")
+        except (OSError, ValueError) as exc:
+            result, problem = None, f"{str(result_path)!r} cannot be read ({exc})"
+        if result is not None:
+            if result.get("config_hash") != h:
+                cfg_old = result.get("config", {})
+                old = {k: v for k, v in (cfg_old if isinstance(cfg_old, dict) else {}).items()
+                       if k not in _UNHASHED_FIELDS}
+                diff = _config_diff(old, config.hashed_dict())
+                return {"kind": "error", "message": f"out_dir {str(out)!r} holds the finished result of a different "
+                                                    f"configuration (hash {result.get('config_hash')} != {h}; "
+                                                    f"{diff}). {advice}"}
+            state, why = _load_weights(model_path)
+            if why is not None:
+                problem = f"the final weights {str(model_path)!r} {why}"
+            elif result.get("selected") and result["selected"].get("step") is not None:
+                _, why = _load_weights(out / BEST_MODEL_NAME)
+                if why is not None:
+                    problem = f"the selected weights {str(out / BEST_MODEL_NAME)!r} {why}"
+            if problem is None:
+                return {"kind": "finished", "result": result, "model": state}
+    if ckpt_path.exists():
+        start = _read_checkpoint(ckpt_path, config, out, advice)
+        if start["kind"] == "error" and problem is not None:
+            start["message"] = f"{problem}, and {start['message'][0].lower()}{start['message'][1:]}"
+        if start["kind"] == "resume" and problem is not None:
+            start["repair"] = f"{problem}: continuing from the checkpoint at step {start['checkpoint'].get('step')}"
+        return start
+    if problem is not None:
+        return {"kind": "error", "message": f"{problem} and there is no checkpoint to continue from: the run "
+                                            f"cannot be trusted. Delete the folder {str(out)!r} to train it again."}
     return {"kind": "fresh"}
 
 
@@ -888,10 +959,24 @@ def _fit(model, train_data, config: TrainConfig, loss_fn, out_dir, regulariser, 
                                                  f"out_dir or delete the folder."}
     start = _broadcast_object(start, info, device)
     if start["kind"] == "error":
-        raise ValueError(start["message"])
+        raise RunFolderError(start["message"])
+    if start.get("repair"):
+        log.warning("%s", start["repair"])
+        if main:  # never silently: the run's final files were not usable
+            import sys
+
+            print(f"equiproj: {start['repair']}", file=sys.stderr, flush=True)
     if start["kind"] == "finished":
-        if start.get("model") is not None:
+        made_by = start["result"].get("world_size", 1)
+        if made_by != info.world_size:
+            warnings.warn(f"{str(out)!r} holds the finished result of a run with {made_by} process(es), returned to a "
+                          f"run with {info.world_size}: its numbers come from that run (put the world size in "
+                          f"TrainConfig.meta, or use another out_dir, to keep such runs apart)")
+        try:
             model.load_state_dict(start["model"])
+        except RuntimeError as exc:
+            raise RunFolderError(f"the final weights {str(out / MODEL_NAME)!r} do not fit this model ({exc}). "
+                                 f"Use another out_dir or delete the folder.") from None
         log.info("%s: finished run of the same configuration found, not training again", out)
         return start["result"]
     ckpt = start.get("checkpoint")
@@ -942,7 +1027,7 @@ def _fit(model, train_data, config: TrainConfig, loss_fn, out_dir, regulariser, 
     if ckpt is None:
         seed_everything(config.seed + info.rank)
         step, epoch, pos = 0, 0, 0
-        history: Dict[str, List[Dict[str, Any]]] = {"train": [], "eval": []}
+        history: Dict[str, List[Dict[str, Any]]] = {"train": [], "eval": [], "defects": []}
         acc = torch.zeros(3, dtype=torch.float64, device=device)
         acc_n, times, resumes, ckpt_step = 0, {"train": 0.0, "eval": 0.0, "checkpoint": 0.0}, 0, None
     else:
@@ -960,6 +1045,7 @@ def _fit(model, train_data, config: TrainConfig, loss_fn, out_dir, regulariser, 
         _set_rng_state(mine["rng"])
         step, epoch, pos = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
         history = ckpt["history"]
+        history.setdefault("defects", [])
         acc = mine["log_acc"].to(device=device, dtype=torch.float64)
         acc_n, times, resumes, ckpt_step = mine["log_n"], dict(ckpt["times"]), ckpt["resumes"] + 1, step
         log.info("%s: resuming at step %d (epoch %d, batch %d)", out, step, epoch, pos)
@@ -1003,8 +1089,15 @@ def _fit(model, train_data, config: TrainConfig, loss_fn, out_dir, regulariser, 
         times["checkpoint"] += time.perf_counter() - t0
         state.checkpoint_step = step
 
+    def record_defects():
+        """Every layer's relative defect ``||W - P(W)|| / ||W||`` (the regulariser's report)."""
+        rows = _layer_defects(regulariser)
+        if rows is not None:
+            history["defects"].append({"step": step, **rows})
+
     def evaluate():
         t0 = time.perf_counter()
+        record_defects()
         saved = _rng_state()
         model.eval()
         try:
@@ -1054,6 +1147,8 @@ def _fit(model, train_data, config: TrainConfig, loss_fn, out_dir, regulariser, 
             bar.set_postfix(loss=f"{means[2]:.4g}", task=f"{means[0]:.4g}", pen=f"{means[1]:.3g}")
         log.info("step %d: loss %.6g (task %.6g, penalty %.6g)", step, means[2], means[0], means[1])
 
+    if ckpt is None:
+        record_defects()  # the starting point of the defect history (step 0)
     bar = _progress_bar(progress and main, config.steps, step)
     model.train()
     session_start = time.perf_counter()
@@ -1103,6 +1198,8 @@ def _fit(model, train_data, config: TrainConfig, loss_fn, out_dir, regulariser, 
 
                 if step % config.log_every == 0 or last:
                     flush_log()
+                    if eval_fn is None:  # without evaluations the defects follow the log
+                        record_defects()
                 do_eval = eval_fn is not None and ((config.eval_every and step % config.eval_every == 0) or last)
                 do_ckpt = bool(config.checkpoint_every) and (step % config.checkpoint_every == 0 or last)
                 if do_eval or do_ckpt:
@@ -1136,6 +1233,12 @@ def _fit(model, train_data, config: TrainConfig, loss_fn, out_dir, regulariser, 
 
     # 6. results
     sync()
+    bad = [n for n, p in model.state_dict().items() if isinstance(p, torch.Tensor)
+           and (p.is_floating_point() or p.is_complex()) and not bool(torch.isfinite(p).all())]
+    if bad:
+        raise FloatingPointError(
+            f"fit: the weights are not finite after step {step} ({', '.join(bad[:3])}); lower the learning rate or "
+            f"set grad_clip (the last checkpoint, step {state.checkpoint_step}, is kept)")
     now = time.perf_counter()
     if segment_start < now and not (config.checkpoint_every or eval_fn is not None):
         times["train"] += now - segment_start
@@ -1190,11 +1293,24 @@ def load_best_model(model: nn.Module, out_dir: Union[str, os.PathLike]) -> Dict[
     if result is None or "selected" not in result:
         raise ValueError(f"{str(out)!r} holds no finished run with model selection (TrainConfig.select)")
     path = out / BEST_MODEL_NAME
-    if not path.exists():
-        raise ValueError(f"the selected weights {str(path)!r} are missing: delete the run folder {str(out)!r} "
-                         f"and run it again")
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    state, why = _load_weights(path)
+    if why is not None:
+        raise RunFolderError(f"the selected weights {str(path)!r} {why}: delete the run folder {str(out)!r} "
+                             f"and run it again")
+    model.load_state_dict(state)
     return result["selected"]
+
+
+def _layer_defects(regulariser) -> Optional[Dict[str, float]]:
+    """``{layer name: relative defect}`` from ``regulariser.report()``, or ``None`` when it has no
+    per-layer report of :class:`equiproj.regularise.LayerReport` rows."""
+    fn = getattr(regulariser, "report", None)
+    if not callable(fn):
+        return None
+    rows = fn()
+    if not rows or not all(hasattr(r, "relative_defect") and hasattr(r, "name") for r in rows):
+        return None
+    return {str(r.name): float(r.relative_defect) for r in rows}
 
 
 def _regulariser_state(regulariser) -> Optional[Dict[str, Any]]:

@@ -57,7 +57,7 @@ from ..models import UNet2d
 from ..regularise import declare_model, report as layer_report
 from ..train import TrainConfig
 from ._core import (Experiment, RunConfig, Setup, figures_dir, group_rows, markdown_table, register_experiment,
-                    save_figure)
+                    run_folder, save_figure)
 
 __all__ = ["CTExperiment", "SYMMETRY_SETTINGS", "normalise", "denormalise", "build_model",
            "ct_data_config"]
@@ -163,6 +163,9 @@ class CTExperiment(Experiment):
     level_name = "none (use --option symmetry=control|default|strong)"
     default_level = None
     default_sweep = {"method": ["plain", "strict", "projection"], "lambda_perp": [0.0, 1e-4, 1e-3, 1e-2]}
+    option_defaults = {"symmetry": ("default", "control, default or strong"), "metal": ("strong", "strong or mild"),
+                       "li_input": (False, "feed the linear-interpolation image as a second channel"),
+                       "init": ("equivariant", "equivariant or random"), "data_seed": (0, "seed of the data set")}
 
     # ------------------------------------------------------------------ configuration
     def check(self, cfg: RunConfig) -> None:
@@ -384,7 +387,7 @@ class CTExperiment(Experiment):
 
     # figures -----------------------------------------------------------
     def _panels(self, rows, out: Path, tag: str, plt) -> Optional[str]:
-        have = [r for r in rows if (Path(out) / "runs" / r["run_id"] / "artifacts.npz").exists()
+        have = [r for r in rows if (run_folder(r, out) / "artifacts.npz").exists()
                 and r["norm"] == "fro"]
         if not have:
             return None
@@ -401,7 +404,7 @@ class CTExperiment(Experiment):
             if name not in best or (weighted, r["psnr"]) > (best_w[name], best[name]["psnr"]):
                 best[name], best_w[name] = r, weighted
         order = sorted(best, key=lambda n: (_METHOD_ORDER.get(n.split()[0], 9), n))
-        arts = {n: np.load(Path(out) / "runs" / best[n]["run_id"] / "artifacts.npz") for n in order}
+        arts = {n: np.load(run_folder(best[n], out) / "artifacts.npz") for n in order}
         first = arts[order[0]]
         n_img = first["target"].shape[0]
         cols = ["FBP input"] + order + ["target"]

@@ -1,4 +1,4 @@
-"""``equiproj demo``: the README's main job, a few minutes on a CPU.
+"""``equiproj demo``: the README's main job, about ten minutes on an idle 2-core CPU (one thread).
 
 It runs, at the ``ci`` preset:
 
@@ -25,29 +25,66 @@ from ._core import report, sweep
 __all__ = ["demo"]
 
 
-def demo(out: str, progress: bool = True, quick: bool = False, steps: Optional[int] = None) -> Path:
-    """Run the demo into ``out`` and return the path of its report.
+#: Seconds per training step and per run (data, set-up, final metrics) with one thread on an
+#: idle 2-core machine (``ci`` preset), for the time estimate printed before the demo starts.
+_STEP_SECONDS = {"so2-toy": 0.006, "vectors": 0.035}
+_RUN_SECONDS = {"so2-toy": 1.0, "vectors": 2.0}
 
-    ``quick=True`` runs fewer configurations with few steps (used by the test suite).
-    """
-    out_p = Path(out)
+
+def _plan(quick: bool, steps: Optional[int], threads: Optional[int]):
     toy_steps = steps or (40 if quick else None)
     vec_steps = steps or (150 if quick else None)
     lps = [0.0, 1e-2, 1.0] if not quick else [0.0, 1.0]
     lgs = [0.0, 1e-2] if not quick else [0.0]
-    sweep("so2-toy", out, {"method": ["projection"], "lambda_perp": lps, "lambda_G": lgs},
-          base=dict(preset="ci", steps=toy_steps, options={"dataset": "wedge"}), progress=progress)
-    sweep("so2-toy", out, {"method": ["plain"]},
-          base=dict(preset="ci", steps=toy_steps, options={"dataset": "wedge", "arch": "mlp"}), progress=progress)
-    sweep("so2-toy", out, {"method": ["plain", "strict", "projection"], "level": [0.0, 1.0] if quick else [0.0, 0.5, 1.0]},
-          base=dict(preset="ci", steps=toy_steps, lambda_perp=1e-2, options={"dataset": "rings"}), progress=progress)
+    common = dict(preset="ci", threads=threads)
     levels = [0.0, 0.3]
-    sweep("vectors", out, {"method": ["plain"], "level": levels},
-          base=dict(preset="ci", steps=vec_steps, options={"task": "modified_inertia", "arch": "mlp"}),
-          progress=progress)
-    rows = sweep("vectors", out, {"method": ["strict", "projection"],
-                                  "lambda_perp": [3e-2, 1e-1], "level": levels},
-                 base=dict(preset="ci", steps=vec_steps, options={"task": "modified_inertia"}), progress=progress)
+    return [
+        ("so2-toy", {"method": ["projection"], "lambda_perp": lps, "lambda_G": lgs},
+         dict(common, steps=toy_steps, options={"dataset": "wedge"})),
+        ("so2-toy", {"method": ["plain"]}, dict(common, steps=toy_steps, options={"dataset": "wedge", "arch": "mlp"})),
+        ("so2-toy", {"method": ["plain", "strict", "projection"], "level": [0.0, 1.0] if quick else [0.0, 0.5, 1.0]},
+         dict(common, steps=toy_steps, lambda_perp=1e-2, options={"dataset": "rings"})),
+        ("vectors", {"method": ["plain"], "level": levels},
+         dict(common, steps=vec_steps, options={"task": "modified_inertia", "arch": "mlp"})),
+        ("vectors", {"method": ["strict", "projection"], "lambda_perp": [3e-2, 1e-1], "level": levels},
+         dict(common, steps=vec_steps, options={"task": "modified_inertia"})),
+    ]
+
+
+def demo(out: str, progress: bool = True, quick: bool = False, steps: Optional[int] = None,
+         threads: Optional[int] = None) -> Path:
+    """Run the demo into ``out`` and return the path of its report.
+
+    ``quick=True`` runs fewer configurations with few steps (used by the test suite). The runs
+    use one CPU thread unless ``threads`` says otherwise: these models are small, and more
+    threads on a shared or busy CPU slow every step down by an order of magnitude. Before it
+    starts, the demo prints how many runs are left and the expected time; a line per sweep and
+    a progress bar per run follow.
+    """
+    import math
+    import time
+
+    from ._core import METRICS_NAME, _say, get_experiment, sweep_configs
+
+    out_p = Path(out)
+    plan = _plan(quick, steps, threads)
+    todo, total, secs = 0, 0, 0.0
+    for name, grid, base in plan:
+        preset = get_experiment(name).presets["ci"]
+        for cfg in sweep_configs(name, grid, base):
+            total += 1
+            if not (out_p / "runs" / cfg.run_id() / METRICS_NAME).exists():
+                todo += 1
+                secs += _RUN_SECONDS[name] + (cfg.steps or preset["steps"]) * _STEP_SECONDS[name]
+    minutes = max(1, math.ceil(secs / 60)) if todo else 0
+    _say(f"equiproj demo: {total} runs, {total - todo} already finished; about {minutes} minute(s) for the rest "
+         f"with {threads or 1} thread(s) on an idle 2-core CPU (several times longer on a busy one)", progress)
+    t0 = time.perf_counter()
+    rows = []
+    for i, (name, grid, base) in enumerate(plan, 1):
+        _say(f"[{i}/{len(plan)}] {name}: {', '.join(f'{k}={v}' for k, v in grid.items())} "
+             f"({time.perf_counter() - t0:.0f} s so far)", progress)
+        rows = sweep(name, out, grid, base=base, progress=progress)
     body = report(out)
     layers = ""
     chosen = [r for r in rows if r.get("method") == "projection" and r.get("level") == 0.3]

@@ -30,7 +30,8 @@ from ..data.toy import circular_harmonic_features, make_rings, make_wedge, rotat
 from ..groups import so2
 from ..regularise import SPEC_ATTR, LayerSpec
 from ..train import TrainConfig
-from ._core import (Experiment, RunConfig, Setup, figures_dir, markdown_table, register_experiment, save_figure)
+from ._core import (Experiment, RunConfig, Setup, figures_dir, markdown_table, register_experiment, run_folder,
+                    save_figure)
 
 __all__ = ["FrequencyMaskProjector", "ComplexHarmonicLinear", "CircularHarmonicNet", "PointMLP", "SO2Toy"]
 
@@ -148,6 +149,9 @@ class SO2Toy(Experiment):
     default_sweep = {
         "method": ["projection"], "lambda_perp": [0.0, 1e-3, 1e-2, 1e-1, 1.0], "lambda_G": [0.0, 1e-3, 1e-2, 1e-1],
     }
+    unused = ("route",)  # the frequency mask is the only projection of these layers
+    option_defaults = {"dataset": ("wedge", "wedge (non-invariant fitting task) or rings (level = amplitude a)"),
+                       "arch": ("harmonic", "harmonic (circular-harmonic net) or mlp (plain MLP reference)")}
 
     def check(self, cfg: RunConfig) -> None:
         super().check(cfg)
@@ -200,7 +204,8 @@ class SO2Toy(Experiment):
                                    "x": x_tr.cpu().numpy(), "y": y_tr.cpu().numpy()}}
 
         tc = TrainConfig(steps=preset["steps"], batch_size=len(x_tr), lr=preset["lr"], optimizer="adam",
-                         log_every=max(1, preset["steps"] // 10), eval_every=0, checkpoint_every=0)
+                         log_every=max(1, preset["steps"] // 10), eval_every=0,
+                         checkpoint_every=max(1, preset["steps"] // 4))
         # the paper's toy trains from the random initialisation: the penalty has to remove its defect
         opts = dict(act_in=G.standard(), act_out=(lambda g, y: y), group=G)
         return Setup(model=model, train_data=(x_tr, y_tr), loss_fn=loss_fn, train_config=tc,
@@ -241,7 +246,7 @@ class SO2Toy(Experiment):
         return "\n".join(parts)
 
     def _boundaries(self, rows, out: Path, plt):
-        panels = [r for r in rows if (Path(out) / "runs" / r["run_id"] / "artifacts.npz").exists()]
+        panels = [r for r in rows if (run_folder(r, out) / "artifacts.npz").exists()]
         if not panels:
             return None
         harm = sorted([r for r in panels if r["opt_arch"] == "harmonic" and r["method"] == "projection"],
@@ -267,7 +272,7 @@ class SO2Toy(Experiment):
 
         def draw(ax, r, title):
             nonlocal image
-            a = np.load(Path(out) / "runs" / r["run_id"] / "artifacts.npz")
+            a = np.load(run_folder(r, out) / "artifacts.npz")
             prob, x, y = a["grid_prob"], a["x"], a["y"]
             image = ax.imshow(prob, origin="lower", extent=ext, cmap=cmap, vmin=0, vmax=1, alpha=0.8)
             lin = np.linspace(-3.5, 3.5, prob.shape[0])

@@ -227,6 +227,11 @@ class VectorsExperiment(Experiment):
     level_name = "c (modified inertia)"
     default_level = None
     default_sweep = {"method": ["plain", "strict", "projection"], "lambda_perp": [1e-2, 3e-2, 1e-1, 3e-1, 1.0]}
+    unused = ("route",)  # the layers' projectors are chosen by equiproj.nn
+    option_defaults = {"task": ("modified_inertia", "o5, inertia or modified_inertia"),
+                       "arch": ("emlp", "emlp, emlp384 or mlp (plain reference)"),
+                       "init": ("equivariant", "equivariant, projected or random"),
+                       "model": ("default", "default or small (for PER)")}
 
     def check(self, cfg: RunConfig) -> None:
         super().check(cfg)
