@@ -35,8 +35,9 @@ from torch.nn.utils import parametrize
 
 from .actions import HomAction
 from .groups import Representation
-from .norms import Norm, SpectralNorm, get_norm
+from .norms import Frobenius, FrobeniusSquared, Norm, SpectralNorm, get_norm
 from .projection import Projector
+from .projection._batched import BatchedFrobenius, BatchEntry, safe_sqrt
 
 __all__ = [
     "LayerSpec", "declare", "declare_model", "declared_layers", "ProjectionRegulariser", "LayerReport", "project_",
@@ -614,6 +615,10 @@ class ProjectionRegulariser:
         self._eq_norms = {name: base.fresh() for name, _, _ in self.layers}
         self._hook = None
         self._prox_value: Optional[float] = None
+        #: Whether the Frobenius penalty is computed by the batched plan (see ``equiproj.projection._batched``).
+        self.batched = True
+        self._batch = None
+        self._batch_sig = None
 
     @property
     def norm_name(self) -> str:
@@ -624,8 +629,69 @@ class ProjectionRegulariser:
         """Whether the penalty acts through the proximal step (:meth:`attach`), not the loss."""
         return self.scheme in ("proximal", "split-proximal")
 
+    # ------------------------------------------------------------------ the batched penalty
+    def _structure(self) -> tuple:
+        """What the batched plan depends on: per layer, whether weight and bias are split and
+        whether the bias is penalised."""
+        return tuple((_is_split(m, "weight"), _penalised_bias(m, spec, self.include_bias) and _is_split(m, "bias"),
+                      _penalised_bias(m, spec, self.include_bias)) for _, m, spec in self.layers)
+
+    def _plan(self):
+        """The batched Frobenius plan (``None`` for other norms), rebuilt when the structure changes."""
+        if type(get_norm(self.norm_spec)) not in (Frobenius, FrobeniusSquared) or not self.batched:
+            return None
+        sig = self._structure()
+        if self._batch is not None and self._batch_sig == sig:
+            return self._batch
+        need_eq = self.lambda_G > 0
+        entries, getters = [], []
+        for i, ((_, m, spec), (split_w, split_b, has_b)) in enumerate(zip(self.layers, sig)):
+            for pname, split, on in (("weight", split_w, True), ("bias", split_b, has_b)):
+                if not on:
+                    continue
+                bias = pname == "bias"
+                if split:  # P(W) = P(A), W - P(W) = (I - P) B
+                    entries.append(BatchEntry(spec.projector, i, bias=bias, perp=True, eq=False))
+                    getters.append((m, pname, 1))
+                    if need_eq:
+                        entries.append(BatchEntry(spec.projector, i, bias=bias, perp=False, eq=True))
+                        getters.append((m, pname, 0))
+                else:
+                    entries.append(BatchEntry(spec.projector, i, bias=bias))
+                    getters.append((m, pname, None))
+        squared = type(get_norm(self.norm_spec)) is FrobeniusSquared
+        self._batch = (BatchedFrobenius(entries, len(self.layers), identity=squared), getters, squared)
+        self._batch_sig = sig
+        return self._batch
+
+    def _batched_terms(self) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        plan = self._plan()
+        if plan is None:
+            return None
+        batched, getters, squared = plan
+        tensors = []
+        for m, pname, k in getters:
+            if k is None:
+                tensors.append(getattr(m, pname))
+            else:
+                tensors.append(getattr(getattr(m.parametrizations, pname), f"original{k}"))
+        perp2, eq2 = batched(tensors, need_eq=self.lambda_G > 0)
+        if squared:
+            return perp2, eq2
+        return safe_sqrt(perp2), safe_sqrt(eq2)
+
     def terms(self) -> Iterator[Tuple[str, torch.Tensor, torch.Tensor]]:
         """Per layer ``(name, ||non-equivariant part||, ||equivariant part||)`` (differentiable)."""
+        both = self._batched_terms()
+        if both is not None:
+            perp, eq = both
+            for i, (name, _, _) in enumerate(self.layers):
+                yield name, perp[i], eq[i]
+            return
+        yield from self._layer_terms()
+
+    def _layer_terms(self) -> Iterator[Tuple[str, torch.Tensor, torch.Tensor]]:
+        """:meth:`terms` layer by layer (every norm; the reference of the batched path)."""
         need_eq = self.lambda_G > 0
         for name, m, spec in self.layers:
             Peq, Pperp = layer_parts(m, spec, kernel=self._perp_norms[name].kernel_norm,
@@ -636,6 +702,11 @@ class ProjectionRegulariser:
 
     def value(self) -> torch.Tensor:
         """The penalty's value at the current weights (differentiable), whatever the scheme."""
+        both = self._batched_terms()
+        if both is not None:
+            perp, eq = both
+            total = self.lambda_perp * perp.sum()
+            return total + self.lambda_G * eq.sum() if self.lambda_G > 0 else total
         total = None
         for _, perp, eq in self.terms():
             t = self.lambda_perp * perp + self.lambda_G * eq

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..groups import Representation, TensorProduct
-from ._grid import geometric_dim, grid_permutation, grid_representation
+from ._grid import geometric_dim, grid_permutation, grid_permutations, grid_representation
 from ._layout import FieldLayout
 from ._linear import WeightAction
 from ._steerable import SteerableConfig, SteerableField
@@ -118,23 +118,24 @@ class KernelAction(WeightAction):
         """``g . W`` for a batch of elements that map the grid onto itself."""
         G = self.group
         g = G.as_elements(g)
-        src = grid_permutation(G.standard()(g, dtype=_F64), self.kernel_size)
-        if src is None:
-            raise ValueError(
-                f"an element of {G.name} that does not map the {self.kernel_size} grid onto itself cannot move a "
-                "kernel exactly; use grid symmetries (e.g. quarter turns) or transform feature maps instead"
-            )
+        table = grid_permutations(G, self.kernel_size, W.device) if G.is_finite else None
+        if table is not None:  # cached per (group, size, device)
+            src = table[g.to(W.device)]
+        else:
+            src = grid_permutation(G.standard()(g, dtype=_F64), self.kernel_size)
+            if src is None:
+                raise ValueError(
+                    f"an element of {G.name} that does not map the {self.kernel_size} grid onto itself cannot move a "
+                    "kernel exactly; use grid symmetries (e.g. quarter turns) or transform feature maps instead"
+                )
+            src = src.to(W.device)
         Ro = self.out_rep(g, dtype=W.dtype).to(W.device)
         Ri = self.in_rep(g, dtype=W.dtype).to(W.device)
-        n = Ro.shape[0]
         lead = W.shape[: W.ndim - 2 - len(self.kernel_size)]
         flat = W.reshape(*lead, self.out_rep.dim, self.in_rep.dim, self.K)
-        out = []
-        for i in range(n):
-            moved = flat[..., src[i].to(W.device)]
-            moved = torch.einsum("ab,...bcx,dc->...adx", Ro[i], moved, Ri[i])
-            out.append(moved.reshape(W.shape))
-        return torch.stack(out)
+        moved = flat[..., src].movedim(-2, 0)  # one gather for all elements: (n, ..., c_out, c_in, K)
+        moved = torch.einsum("nab,n...bcx,ndc->n...adx", Ro, moved, Ri)
+        return moved.reshape(src.shape[0], *W.shape)
 
 
 def kernel_action_for(module: nn.Module, in_rep: Representation, out_rep: Representation, name: str,
