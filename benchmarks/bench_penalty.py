@@ -45,24 +45,37 @@ def _sync(dev):
         torch.cuda.synchronize(dev)
 
 
-def measure(fn, dev, repeats=7, warmup=2, min_time=0.1):
-    """Median over ``repeats`` samples of the mean wall time of ``fn()``."""
-    for _ in range(warmup):
-        fn()
-    _sync(dev)
-    t0 = time.perf_counter()
-    fn()
-    _sync(dev)
-    inner = max(1, int(min_time / max(time.perf_counter() - t0, 1e-7)))
-    samples = []
-    for _ in range(repeats):
-        _sync(dev)
-        t0 = time.perf_counter()
-        for _ in range(inner):
+def interleaved(fns, dev, rounds=7, min_time=0.1):
+    """Time every function of ``fns`` once per round, in turn, ``rounds`` times (each sample runs a
+    function enough times to last ``min_time``): a load that changes during the run then affects
+    every variant of one round alike, and ratios are taken within rounds. Returns per-round times."""
+    inner = {}
+    for name, fn in fns.items():
+        for _ in range(2):
             fn()
         _sync(dev)
-        samples.append((time.perf_counter() - t0) / inner)
-    return statistics.median(samples)
+        t0 = time.perf_counter()
+        fn()
+        _sync(dev)
+        inner[name] = max(1, int(min_time / max(time.perf_counter() - t0, 1e-7)))
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            _sync(dev)
+            t0 = time.perf_counter()
+            for _ in range(inner[name]):
+                fn()
+            _sync(dev)
+            times[name].append((time.perf_counter() - t0) / inner[name])
+    return times
+
+
+def _med(xs):
+    return statistics.median(xs)
+
+
+def _ratio(times, a, b):
+    return _med([x / y for x, y in zip(times[a], times[b])])
 
 
 def _unet_case(dev, repeats, routes=("spatial", "spectral", "auto")):
@@ -76,7 +89,6 @@ def _unet_case(dev, repeats, routes=("spatial", "spectral", "auto")):
     base = UNet2d(1, 1, width=UNET["width"], depth=UNET["depth"])
     x = torch.randn(UNET["batch"], 1, UNET["image"], UNET["image"], device=dev)
     y = torch.randn_like(x)
-    rows = []
 
     def step_fn(model, opt, extra=None):
         def step():
@@ -89,39 +101,38 @@ def _unet_case(dev, repeats, routes=("spatial", "spectral", "auto")):
             opt.step()
         return step
 
+    fns = {}
     plain = copy.deepcopy(base).to(dev)
-    opt = torch.optim.Adam(plain.parameters(), lr=1e-4)
-    t_plain = measure(step_fn(plain, opt), dev, repeats)
-    rows.append(dict(case="unet2d-C4", what="plain step", seconds=t_plain))
-    pen = {}
+    fns["plain step"] = step_fn(plain, torch.optim.Adam(plain.parameters(), lr=1e-4))
     for route in routes:
         model = copy.deepcopy(base).to(dev)
         declare_model(model, G, route=route)
         reg = ProjectionRegulariser(model, lambda_perp=1e-2, scheme="penalty")
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
 
-        def penalty_only():
+        def penalty_only(reg=reg, opt=opt):
             opt.zero_grad(set_to_none=True)
             reg().backward()
 
-        t_pen = measure(penalty_only, dev, repeats)
-        t_both = measure(step_fn(model, opt, reg), dev, repeats)
-        pen[route] = t_pen
-        rows.append(dict(case="unet2d-C4", what=f"penalty {route}", seconds=t_pen, share=t_pen / t_plain,
-                         step_ratio=t_both / t_plain))
-    if "spectral" in pen and "spatial" in pen:
-        rows.append(dict(case="unet2d-C4", what="spectral / spatial", ratio=pen["spectral"] / pen["spatial"]))
-    # proximal against penalty (one Adam step each, route auto)
-    times = {}
+        fns[f"penalty {route}"] = penalty_only
     for scheme in ("penalty", "proximal"):
         model = copy.deepcopy(base).to(dev)
         declare_model(model, G)
         m = make_method("projection", model, lambda_perp=1e-2, scheme=scheme)
         opt = torch.optim.Adam(m.model.parameters(), lr=1e-4)
         m.attach(opt)
-        times[scheme] = measure(step_fn(m.model, opt, m.penalty), dev, repeats)
-        rows.append(dict(case="unet2d-C4", what=f"step {scheme}", seconds=times[scheme], ratio=times[scheme] / t_plain))
-    rows.append(dict(case="unet2d-C4", what="proximal / penalty", ratio=times["proximal"] / times["penalty"]))
+        fns[f"step {scheme}"] = step_fn(m.model, opt, m.penalty)
+    times = interleaved(fns, dev, rounds=repeats)
+    rows = [dict(case="unet2d-C4", what="plain step", seconds=_med(times["plain step"]))]
+    for route in routes:
+        k = f"penalty {route}"
+        rows.append(dict(case="unet2d-C4", what=k, seconds=_med(times[k]), share=_ratio(times, k, "plain step")))
+    if "spectral" in routes and "spatial" in routes:
+        rows.append(dict(case="unet2d-C4", what="spectral / spatial", ratio=_ratio(times, "penalty spectral", "penalty spatial")))
+    for scheme in ("penalty", "proximal"):
+        k = f"step {scheme}"
+        rows.append(dict(case="unet2d-C4", what=k, seconds=_med(times[k]), ratio=_ratio(times, k, "plain step")))
+    rows.append(dict(case="unet2d-C4", what="proximal / penalty", ratio=_ratio(times, "step proximal", "step penalty")))
     return rows
 
 
@@ -140,7 +151,7 @@ def _mlp_case(dev, repeats):
     base = nn.Sequential(*layers)
     x = torch.randn(MLP["batch"], rin.dim, device=dev)
     y = torch.randn_like(x)
-    rows, times = [], {}
+    fns = {}
     for label, name, opts in (("plain", "plain", {}), ("projection (default scheme)", "projection", {"lambda_perp": 1e-2}),
                               ("projection penalty", "projection", {"lambda_perp": 1e-2, "scheme": "penalty"}),
                               ("projection proximal", "projection", {"lambda_perp": 1e-2, "scheme": "proximal"}),
@@ -148,20 +159,18 @@ def _mlp_case(dev, repeats):
         m = make_method(name, copy.deepcopy(base).to(dev), **opts)
         opt = torch.optim.Adam(m.model.parameters(), lr=1e-3)
         m.attach(opt)
-        model = m.model
 
-        def step():
+        def step(m=m, opt=opt):
             opt.zero_grad(set_to_none=True)
             with parametrize.cached():
-                loss = nn.functional.mse_loss(model(x), y) + m.penalty(None)
+                loss = nn.functional.mse_loss(m.model(x), y) + m.penalty(None)
             loss.backward()
             opt.step()
 
-        times[label] = measure(step, dev, repeats)
-        rows.append(dict(case="mlp-C8", what=f"step {label}", seconds=times[label],
-                         ratio=times[label] / times.get("plain", times[label])))
-    rows.append(dict(case="mlp-C8", what="proximal / penalty",
-                     ratio=times["projection proximal"] / times["projection penalty"]))
+        fns[label] = step
+    times = interleaved(fns, dev, rounds=repeats)
+    rows = [dict(case="mlp-C8", what=f"step {k}", seconds=_med(v), ratio=_ratio(times, k, "plain")) for k, v in times.items()]
+    rows.append(dict(case="mlp-C8", what="proximal / penalty", ratio=_ratio(times, "projection proximal", "projection penalty")))
     return rows
 
 

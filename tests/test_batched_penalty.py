@@ -143,3 +143,26 @@ def test_torch_compile_matches_eager():
     g2 = torch.autograd.grad(reg(), [net.head.weight])[0]
     assert torch.allclose(g1, g2, rtol=1e-5, atol=1e-7)
     assert copy.deepcopy(reg)() is not None
+
+
+@pytest.mark.parametrize("scheme", ["proximal", "split-proximal"])
+@pytest.mark.parametrize("norm", ["fro", "fro2"])
+def test_batched_proximal_step_matches_layer_by_layer(scheme, norm):
+    outs = []
+    for batched in (True, False):
+        net = _mixed(torch.float64)
+        reg = ProjectionRegulariser(net, lambda_perp=0.8, lambda_G=0.3, norm=norm, scheme=scheme)
+        reg.batched = batched
+        params = list(net.parameters())
+        opt = torch.optim.SGD([{"params": params[:3], "lr": 0.5}, {"params": params[3:], "lr": 0.05}])
+        if scheme == "split-proximal":
+            with torch.no_grad():
+                for p in params:
+                    p.add_(0.2 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel()),
+                                             dtype=p.dtype))
+        reg.proximal_step(opt)
+        outs.append(([p.detach().clone() for p in net.parameters()], float(reg.penalty())))
+    (pa, va), (pb, vb) = outs
+    assert va == pytest.approx(vb, rel=1e-10)
+    for a, b in zip(pa, pb):
+        assert torch.allclose(a, b, atol=1e-12)

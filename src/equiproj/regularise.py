@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .actions import HomAction
+from .actions import adapter_for, supported_types
 from .groups import Representation
 from .norms import Frobenius, FrobeniusSquared, Norm, SpectralNorm, get_norm
 from .projection import Projector
@@ -56,10 +56,18 @@ class LayerSpec:
 
     projector: Projector
     include_bias: bool = True
+    #: The layer's attributes holding the weight and the bias (from its adapter, see
+    #: :func:`equiproj.actions.adapter_for`; ``in_proj_weight`` for ``nn.MultiheadAttention``).
+    weight_name: str = "weight"
+    bias_name: str = "bias"
 
     @property
     def group(self):
         return self.projector.group
+
+    def attr(self, role: str) -> str:
+        """The attribute name of ``role`` (``"weight"`` or ``"bias"``)."""
+        return self.weight_name if role == "weight" else self.bias_name
 
 
 def _as_representations(*reps, group=None):
@@ -69,24 +77,10 @@ def _as_representations(*reps, group=None):
 
 
 def _action_for(module: nn.Module, in_rep: Representation, out_rep: Representation, name: str, **kw):
+    """The weight action of a supported module type (through its adapter), dimensions checked."""
     if not isinstance(in_rep, Representation) or not isinstance(out_rep, Representation):
         raise TypeError(f"layer '{name}': in_rep and out_rep must be equiproj.groups.Representation objects")
-    """Build the weight action for a supported module type, checking dimensions."""
-    if isinstance(module, nn.Linear):
-        if kw:
-            raise TypeError(f"unexpected options for nn.Linear layer '{name}': {sorted(kw)}")
-        if in_rep.dim != module.in_features:
-            raise ValueError(
-                f"in_rep dimension {in_rep.dim} does not match in_features {module.in_features} of layer '{name}'"
-            )
-        if out_rep.dim != module.out_features:
-            raise ValueError(
-                f"out_rep dimension {out_rep.dim} does not match out_features {module.out_features} of layer '{name}'"
-            )
-        return HomAction(in_rep, out_rep)
-    from .actions import kernel_action_for  # convolutions (see equiproj.actions)
-
-    return kernel_action_for(module, in_rep, out_rep, name, **kw)
+    return adapter_for(module, name).action(module, in_rep, out_rep, name, **kw)
 
 
 def declare(module: nn.Module, in_rep: Representation, out_rep: Representation, route: str = "auto",
@@ -127,17 +121,14 @@ def declare(module: nn.Module, in_rep: Representation, out_rep: Representation, 
     label = name or type(module).__name__
     kw = {k: v for k, v in kw.items() if v is not None}
     action = _action_for(module, in_rep, out_rep, label, **kw)
-    setattr(module, SPEC_ATTR, LayerSpec(Projector(action, route=route), include_bias=include_bias))
+    adapter = adapter_for(module, label)
+    setattr(module, SPEC_ATTR, LayerSpec(Projector(action, route=route), include_bias=include_bias,
+                                         weight_name=adapter.weight_name, bias_name=adapter.bias_name))
     return module
 
 
-_SUPPORTED = (nn.Linear, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-
-
 def _channels(m: nn.Module) -> Tuple[int, int]:
-    if isinstance(m, nn.Linear):
-        return m.in_features, m.out_features
-    return m.in_channels, m.out_channels
+    return adapter_for(m).channels(m)
 
 
 def declare_model(model: nn.Module, group, in_rep: Optional[Representation] = None,
@@ -177,7 +168,7 @@ def declare_model(model: nn.Module, group, in_rep: Optional[Representation] = No
     """
     in_rep, out_rep, hidden = _as_representations(in_rep, out_rep, hidden, group=group)
     layers = {k: v if v is None else _as_representations(*v, group=group) for k, v in (layers or {}).items()}
-    candidates = [(name, m) for name, m in model.named_modules() if isinstance(m, _SUPPORTED) and name not in skip]
+    candidates = [(name, m) for name, m in model.named_modules() if isinstance(m, supported_types()) and name not in skip]
     if not candidates:
         raise ValueError("declare_model: the model has no nn.Linear or convolution layers")
     unknown = set(layers) - {name for name, _ in candidates}
@@ -357,14 +348,15 @@ def split_(model: nn.Module, include_bias: Optional[bool] = None) -> nn.Module:
                          "equiproj.declare(layer, in_rep, out_rep) first")
     for name, m, spec in layers:
         use_bias = spec.include_bias if include_bias is None else include_bias
-        for pname in ("weight", "bias") if use_bias else ("weight",):
+        for role in ("weight", "bias") if use_bias else ("weight",):
+            pname = spec.attr(role)
             if not _has(m, pname) or _is_split(m, pname):
                 continue
             if parametrize.is_parametrized(m, pname):
                 raise ValueError(
                     f"split_: the {pname} of layer '{name or '<model>'}' is already parametrised (constrain_, RPP "
                     f"or equivariant=True); the split parametrisation needs an unconstrained layer")
-            parametrize.register_parametrization(m, pname, SplitParametrization(spec.projector, bias=pname == "bias"))
+            parametrize.register_parametrization(m, pname, SplitParametrization(spec.projector, bias=role == "bias"))
     return model
 
 
@@ -394,7 +386,7 @@ def _augment(M: torch.Tensor, b: torch.Tensor, on_rows: bool = True) -> torch.Te
 
 def _penalised_bias(m: nn.Module, spec: LayerSpec, include_bias: Optional[bool]) -> bool:
     use = spec.include_bias if include_bias is None else include_bias
-    return bool(use) and _has(m, "bias")
+    return bool(use) and _has(m, spec.bias_name)
 
 
 def layer_parts(module: nn.Module, spec: LayerSpec, kernel: bool = False, include_bias: Optional[bool] = None,
@@ -407,7 +399,7 @@ def layer_parts(module: nn.Module, spec: LayerSpec, kernel: bool = False, includ
     equivariant part may be returned as ``None`` when it would cost an extra projection.
     """
     P = spec.projector
-    we, wp = _sources(module, "weight")
+    we, wp = _sources(module, spec.weight_name)
     if kernel:
         PWp = P.project(wp)
         PWe = PWp if we is wp else (P.project(we) if need_equivariant else None)
@@ -417,7 +409,7 @@ def layer_parts(module: nn.Module, spec: LayerSpec, kernel: bool = False, includ
     PMe = PMp if we is wp else (P._project_matrix(P.as_matrix(we)) if need_equivariant else None)
     if not _penalised_bias(module, spec, include_bias):
         return PMe, Mp - PMp
-    be, bp = _sources(module, "bias")
+    be, bp = _sources(module, spec.bias_name)
     Pbp = P.project_bias(bp)
     Pbe = Pbp if be is bp else (P.project_bias(be) if PMe is not None else None)
     rows = P.action.bias_on_rows
@@ -633,7 +625,8 @@ class ProjectionRegulariser:
     def _structure(self) -> tuple:
         """What the batched plan depends on: per layer, whether weight and bias are split and
         whether the bias is penalised."""
-        return tuple((_is_split(m, "weight"), _penalised_bias(m, spec, self.include_bias) and _is_split(m, "bias"),
+        return tuple((_is_split(m, spec.weight_name),
+                      _penalised_bias(m, spec, self.include_bias) and _is_split(m, spec.bias_name),
                       _penalised_bias(m, spec, self.include_bias)) for _, m, spec in self.layers)
 
     def _plan(self):
@@ -646,10 +639,10 @@ class ProjectionRegulariser:
         need_eq = self.lambda_G > 0
         entries, getters = [], []
         for i, ((_, m, spec), (split_w, split_b, has_b)) in enumerate(zip(self.layers, sig)):
-            for pname, split, on in (("weight", split_w, True), ("bias", split_b, has_b)):
+            for role, split, on in (("weight", split_w, True), ("bias", split_b, has_b)):
                 if not on:
                     continue
-                bias = pname == "bias"
+                bias, pname = role == "bias", spec.attr(role)
                 if split:  # P(W) = P(A), W - P(W) = (I - P) B
                     entries.append(BatchEntry(spec.projector, i, bias=bias, perp=True, eq=False))
                     getters.append((m, pname, 1))
@@ -669,16 +662,21 @@ class ProjectionRegulariser:
         if plan is None:
             return None
         batched, getters, squared = plan
-        tensors = []
-        for m, pname, k in getters:
-            if k is None:
-                tensors.append(getattr(m, pname))
-            else:
-                tensors.append(getattr(getattr(m.parametrizations, pname), f"original{k}"))
+        tensors = self._plan_tensors(getters)
         perp2, eq2 = batched(tensors, need_eq=self.lambda_G > 0)
         if squared:
             return perp2, eq2
         return safe_sqrt(perp2), safe_sqrt(eq2)
+
+    @staticmethod
+    def _plan_tensors(getters) -> List[torch.Tensor]:
+        out = []
+        for m, pname, k in getters:
+            if k is None:
+                out.append(getattr(m, pname))
+            else:
+                out.append(getattr(getattr(m.parametrizations, pname), f"original{k}"))
+        return out
 
     def terms(self) -> Iterator[Tuple[str, torch.Tensor, torch.Tensor]]:
         """Per layer ``(name, ||non-equivariant part||, ||equivariant part||)`` (differentiable)."""
@@ -726,6 +724,8 @@ class ProjectionRegulariser:
                 with torch.no_grad():
                     self._prox_value = float(self.value())
             p = next(iter(self.model.parameters()))
+            if isinstance(self._prox_value, torch.Tensor):
+                return self._prox_value.detach().to(dtype=p.dtype, device=p.device)
             return torch.tensor(self._prox_value, dtype=p.dtype, device=p.device)
         return self.value()
 
@@ -734,8 +734,8 @@ class ProjectionRegulariser:
     def perp_parameters(self) -> List[torch.Tensor]:
         """The tensors ``B`` of the split layers (empty for the other schemes)."""
         out = []
-        for _, m, _ in self.layers:
-            for pname in ("weight", "bias"):
+        for _, m, spec in self.layers:
+            for pname in (spec.weight_name, spec.bias_name):
                 ab = _split_originals(m, pname)
                 if ab is not None:
                     out.append(ab[1])
@@ -807,15 +807,19 @@ class ProjectionRegulariser:
             return None if v is None else float(v)
 
         sq = self.norm_name == "fro2"
+        plan = self._plan()
+        if plan is not None:
+            self._batched_proximal(plan, step_size, sq)
+            return
         value = 0.0
         with torch.no_grad():
             for name, m, spec in self.layers:
                 P = spec.projector
                 names = ("weight", "bias") if _penalised_bias(m, spec, self.include_bias) else ("weight",)
                 parts = []  # (eq source, perp source, P(eq source), perp part)
-                for pname in names:
-                    se, sp = _sources(m, pname)
-                    proj = P.project_bias if pname == "bias" else P.project
+                for role in names:
+                    se, sp = _sources(m, spec.attr(role))
+                    proj = P.project_bias if role == "bias" else P.project
                     Psp = proj(sp)
                     Pse = Psp if se is sp else (proj(se) if self.lambda_G > 0 else None)
                     parts.append((se, sp, Pse, sp - Psp))
@@ -836,6 +840,46 @@ class ProjectionRegulariser:
                 value += self.lambda_perp * (a * a if sq else a) + self.lambda_G * (b * b if sq else b)
         self._prox_value = value
 
+    def _batched_proximal(self, plan, step_size, sq: bool) -> None:
+        """:meth:`proximal_step` on the batched plan: the per-layer norms in one pass, the factors
+        as tensors (no host synchronisation), the update in one more pass."""
+        batched, getters, _ = plan
+        tensors = self._plan_tensors(getters)
+        L = len(self.layers)
+        t_perp, t_eq = [0.0] * L, [0.0] * L  # step size 0: factor 1 (the part is left alone)
+        # the step size of a part is that of its weight's tensor (as the layer-by-layer code)
+        for i, (_, m, spec) in enumerate(self.layers):
+            se, sp = _sources(m, spec.weight_name)
+            a, b = step_size(sp), step_size(se)
+            t_perp[i] = 0.0 if a is None else a
+            t_eq[i] = 0.0 if b is None else b
+        need_eq = self.lambda_G > 0
+        with torch.no_grad():
+            perp2, eq2 = batched(tensors, need_eq=need_eq)
+            ref = perp2
+            n_perp = perp2.clamp_min(0).sqrt()
+            f_perp = self._shrink_factors(n_perp, torch.tensor(t_perp, dtype=ref.dtype, device=ref.device),
+                                          self.lambda_perp, sq)
+            f_eq, n_eq = None, torch.zeros_like(n_perp)
+            if need_eq:
+                n_eq = eq2.clamp_min(0).sqrt()
+                f_eq = self._shrink_factors(n_eq, torch.tensor(t_eq, dtype=ref.dtype, device=ref.device),
+                                            self.lambda_G, sq)
+            batched.shrink_(tensors, f_perp, f_eq)
+            a = n_perp * f_perp
+            b = n_eq * (f_eq if f_eq is not None else 1.0)
+            value = self.lambda_perp * (a * a if sq else a).sum() + self.lambda_G * (b * b if sq else b).sum()
+        self._prox_value = value
+
+    def _shrink_factors(self, n: torch.Tensor, t: torch.Tensor, lam: float, sq: bool) -> torch.Tensor:
+        """:meth:`_shrink` for vectors of norms and step sizes."""
+        if lam == 0:
+            return torch.ones_like(n)
+        if sq:
+            return 1.0 / (1.0 + 2.0 * t * lam)
+        f = torch.clamp(1.0 - t * lam / torch.where(n > 0, n, torch.ones_like(n)), min=0.0)
+        return torch.where((n > 0) & (t > 0), f, torch.ones_like(n))
+
     # ------------------------------------------------------------------ state, report
     def state_dict(self) -> dict:
         """What a resumed run needs besides the weights: the power-iteration vectors of the
@@ -846,7 +890,9 @@ class ProjectionRegulariser:
                 u = getattr(n, "_u", None)
                 if u is not None:
                     norms[f"{kind}/{name}"] = u.detach().cpu().clone()
-        return {"scheme": self.scheme, "prox_value": self._prox_value, "norm_state": norms}
+        prox = self._prox_value
+        prox = float(prox) if isinstance(prox, torch.Tensor) else prox
+        return {"scheme": self.scheme, "prox_value": prox, "norm_state": norms}
 
     def load_state_dict(self, state: dict) -> None:
         """Inverse of :meth:`state_dict`."""
@@ -888,9 +934,10 @@ def project_(model: nn.Module) -> nn.Module:
     with torch.no_grad():
         for _, m, spec in layers:
             P = spec.projector
-            _assign(m, "weight", P.project(m.weight))
-            if _has(m, "bias"):
-                _assign(m, "bias", P.project_bias(m.bias))
+            wn, bn = spec.weight_name, spec.bias_name
+            _assign(m, wn, P.project(getattr(m, wn)))
+            if _has(m, bn):
+                _assign(m, bn, P.project_bias(getattr(m, bn)))
     return model
 
 
@@ -921,14 +968,14 @@ def equivariant_init_(model: nn.Module, rescale: bool = True) -> nn.Module:
     """
     layers = declared_layers(model)
     with torch.no_grad():
-        norms = [(m, m.weight.norm()) for _, m, _ in layers]
+        norms = [(m, spec.weight_name, getattr(m, spec.weight_name).norm()) for _, m, spec in layers]
         project_(model)
         if rescale:
-            for m, n in norms:
-                w = m.weight
+            for m, wn, n in norms:
+                w = getattr(m, wn)
                 pn = w.norm()
                 if pn > 0:
-                    _assign(m, "weight", w * (n / pn))
+                    _assign(m, wn, w * (n / pn))
     return model
 
 
@@ -974,10 +1021,11 @@ def constrain_(model: nn.Module) -> nn.Module:
         raise ValueError("constrain_: the model has no declared layers")
     project_(model)
     for _, m, spec in layers:
-        if not parametrize.is_parametrized(m, "weight"):
-            parametrize.register_parametrization(m, "weight", _Equivariant(spec.projector))
-        if isinstance(getattr(m, "bias", None), torch.Tensor) and not parametrize.is_parametrized(m, "bias"):
-            parametrize.register_parametrization(m, "bias", _Equivariant(spec.projector, bias=True))
+        wn, bn = spec.weight_name, spec.bias_name
+        if not parametrize.is_parametrized(m, wn):
+            parametrize.register_parametrization(m, wn, _Equivariant(spec.projector))
+        if isinstance(getattr(m, bn, None), torch.Tensor) and not parametrize.is_parametrized(m, bn):
+            parametrize.register_parametrization(m, bn, _Equivariant(spec.projector, bias=True))
     return model
 
 
@@ -985,8 +1033,8 @@ def unconstrain_(model: nn.Module) -> nn.Module:
     """Remove every parametrisation of the declared layers (the hard constraint, the split
     parametrisation, residual pathways), keeping the current effective weights as plain
     parameters. The layers stay declared. Build a new optimiser afterwards."""
-    for _, m, _ in declared_layers(model):
-        for name in ("weight", "bias"):
+    for _, m, spec in declared_layers(model):
+        for name in (spec.weight_name, spec.bias_name):
             if parametrize.is_parametrized(m, name):
                 parametrize.remove_parametrizations(m, name, leave_parametrized=True)
     return model

@@ -245,6 +245,39 @@ class BatchedFrobenius:
                     eq2 = eq2.index_add(0, le, q2)
         return perp2[:L], eq2[:L]
 
+    @torch.no_grad()
+    def shrink_(self, tensors: Sequence[torch.Tensor], f_perp: torch.Tensor, f_eq: Optional[torch.Tensor]) -> None:
+        """In place: ``x <- x - (1 - f_perp[l]) (x - P x)`` for the entries with ``perp`` and
+        ``x <- x - (1 - f_eq[l]) P x`` for those with ``eq`` (per-layer factors, shape ``(n_layers,)``);
+        the proximal map of the Frobenius penalty. Orbit entries share one scatter and one gather."""
+        ref = tensors[0]
+        L = self.n_layers
+        one = ref.new_ones(1)
+        fp = torch.cat([f_perp.to(ref.dtype), one])
+        fe = None if f_eq is None else torch.cat([f_eq.to(ref.dtype), one])
+        if self._orbit is not None:
+            o = self._tables(ref.device, ref.dtype)["orbit"]
+            flat = torch.cat([tensors[i].reshape(-1) for i in self._orbit_entries])
+            sums = flat.new_zeros(o["inv"].shape[0]).index_add_(0, o["ids"], flat)
+            proj = (sums * o["inv"]).index_select(0, o["ids"])
+            new = flat - (1 - fp.index_select(0, o["elem_layer"])) * (flat - proj)
+            if fe is not None:
+                new -= (1 - fe.index_select(0, o["elem_eq"])) * proj
+            off = 0
+            for i in self._orbit_entries:
+                t = tensors[i]
+                t.copy_(new[off:off + t.numel()].reshape(t.shape))
+                off += t.numel()
+        for i in self._pair_entries:
+            e = self.entries[i]
+            t = tensors[i]
+            Px = e.projector.project_bias(t) if e.bias else e.projector.project(t)
+            a = fp[e.layer if e.perp else L]
+            upd = (1 - a) * (t - Px)
+            if fe is not None and e.eq:
+                upd = upd + (1 - fe[e.layer]) * Px
+            t.sub_(upd)
+
 
 def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
     """``sqrt(x)`` with the gradient 0 at ``x = 0`` (as ``torch.linalg.vector_norm`` has)."""

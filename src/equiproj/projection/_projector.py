@@ -81,6 +81,19 @@ def _steerable_pair(t_out: Representation, t_in, route: str) -> PairProjector:
     return BasisPair(t_out, t_in, Q=steerable_basis(t_out, t_in.tau, t_in.size, t_in.config))
 
 
+class _SelfAdjoint(torch.autograd.Function):
+    """``M -> P(M)`` with the backward ``g -> P(g)`` (``P`` is an orthogonal projection)."""
+
+    @staticmethod
+    def forward(ctx, M, projector):
+        ctx.projector = projector
+        return projector._project_matrix(M)
+
+    @staticmethod
+    def backward(ctx, g):
+        return ctx.projector._project_matrix(g.contiguous()), None
+
+
 class Projector:
     r"""Exact orthogonal projection of layer weights onto the equivariant subspace.
 
@@ -214,9 +227,14 @@ class Projector:
 
     # ------------------------------------------------------------------ projection
     def project(self, W: torch.Tensor) -> torch.Tensor:
-        """The equivariant part ``P(W)`` (same shape as ``W``; leading batch dims allowed)."""
+        """The equivariant part ``P(W)`` (same shape as ``W``; leading batch dims allowed).
+
+        Differentiable; since ``P`` is self-adjoint, the gradient of ``P(W)`` is ``P`` applied to
+        the incoming gradient, which the backward pass computes directly (one projection)."""
         self.action.check_shape(W)
         M = self.action.to_matrix(W)
+        if torch.is_grad_enabled() and M.requires_grad:
+            return self.action.from_matrix(_SelfAdjoint.apply(M, self))
         return self.action.from_matrix(self._project_matrix(M))
 
     __call__ = project
@@ -282,6 +300,13 @@ class Projector:
             sums = flat.new_zeros(*flat.shape[:-1], inv.shape[0]).index_add(-1, ids, flat)
             return (sums * inv).index_select(-1, ids).reshape(M.shape)
         lo, li = self.action.out_layout, self.action.in_layout
+        if len(self._pairs) == 1 and lo.perm is None and li.perm is None:  # one pair of field types
+            pair = self._pairs[(0, 0)]
+            if pair.dim == 0:
+                return torch.zeros_like(M)
+            lead = M.shape[:-2]
+            X = M.reshape(*lead, lo.counts[0], lo.dims[0], li.counts[0], li.dims[0])
+            return pair.project(X).reshape(M.shape)
         po = self._index("po", lo.perm, M.device)
         pi = self._index("pi", li.perm, M.device)
         if po is not None:
