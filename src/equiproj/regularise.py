@@ -492,7 +492,7 @@ def _check_scheme(scheme: str) -> str:
     return scheme
 
 
-class ProjectionRegulariser:
+class ProjectionRegulariser(nn.Module):
     r"""Penalty ``sum_l lambda_perp ||W_l - P(W_l)|| + lambda_G ||P(W_l)||`` over declared layers.
 
     Parameters
@@ -570,7 +570,10 @@ class ProjectionRegulariser:
                 ok = False
             if not ok:
                 raise ValueError(f"{nm} must be a finite number >= 0, got {v!r}")
-        self.model = model
+        super().__init__()
+        # the model is referenced, not registered: the regulariser's parameters() and state_dict()
+        # are its own (the model's weights are saved with the model)
+        self.__dict__["model"] = model
         self.lambda_perp, self.lambda_G = float(lambda_perp), float(lambda_G)
         self.norm_spec = norm
         self.include_bias = include_bias
@@ -729,7 +732,9 @@ class ProjectionRegulariser:
             return torch.tensor(self._prox_value, dtype=p.dtype, device=p.device)
         return self.value()
 
-    __call__ = penalty
+    def forward(self, batch=None) -> torch.Tensor:
+        """``reg()`` is :meth:`penalty` (a module call, so ``torch.compile(reg)`` compiles it)."""
+        return self.penalty(batch)
 
     def perp_parameters(self) -> List[torch.Tensor]:
         """The tensors ``B`` of the split layers (empty for the other schemes)."""
@@ -881,9 +886,10 @@ class ProjectionRegulariser:
         return torch.where((n > 0) & (t > 0), f, torch.ones_like(n))
 
     # ------------------------------------------------------------------ state, report
-    def state_dict(self) -> dict:
+    def state_dict(self, *args, **kwargs) -> dict:
         """What a resumed run needs besides the weights: the power-iteration vectors of the
-        spectral norms and the last proximal value."""
+        spectral norms and the last proximal value (checkpointed by :func:`equiproj.train.fit`;
+        plain tensors, floats and strings, so ``torch.load(..., weights_only=True)`` reads it)."""
         norms = {}
         for kind, table in (("perp", self._perp_norms), ("eq", self._eq_norms)):
             for name, n in table.items():
@@ -894,8 +900,12 @@ class ProjectionRegulariser:
         prox = float(prox) if isinstance(prox, torch.Tensor) else prox
         return {"scheme": self.scheme, "prox_value": prox, "norm_state": norms}
 
-    def load_state_dict(self, state: dict) -> None:
-        """Inverse of :meth:`state_dict`."""
+    def load_state_dict(self, state: dict, strict: bool = True, assign: bool = False):
+        """Inverse of :meth:`state_dict` (``strict``: layer names the regulariser does not know raise)."""
+        unknown = [k for k in state.get("norm_state", {}) if k.split("/", 1)[1] not in self._perp_norms]
+        if strict and unknown:
+            raise KeyError(f"load_state_dict: no declared layer for the saved norm state {sorted(unknown)}; "
+                           f"the layers are {sorted(self._perp_norms)} (pass strict=False to skip them)")
         self._prox_value = state.get("prox_value")
         for key, u in state.get("norm_state", {}).items():
             kind, name = key.split("/", 1)

@@ -62,11 +62,16 @@ class Method:
         return None
 
     def state_dict(self) -> dict:
-        """State besides the model's that a resumed run needs (checkpointed by ``fit``)."""
-        return {}
+        """State besides the model's that a resumed run needs (checkpointed by ``fit``): the
+        generator of a method's element sampler (attribute ``sampler``), if it has one."""
+        sampler = getattr(self, "sampler", None)
+        return {"sampler": sampler.state_dict()} if sampler is not None else {}
 
     def load_state_dict(self, state: dict) -> None:
         """Inverse of :meth:`state_dict`."""
+        sampler = getattr(self, "sampler", None)
+        if sampler is not None and state and "sampler" in state:
+            sampler.load_state_dict(state["sampler"])
 
     def _zero(self) -> torch.Tensor:
         p = next(self.model.parameters(), None)

@@ -128,6 +128,16 @@ class ElementSampler:
         self.seed = int(seed)
         self.generator = torch.Generator().manual_seed(self.seed)
 
+    def state_dict(self) -> dict:
+        """The generator's state (checkpointed by :func:`equiproj.train.fit`, so that a resumed run
+        draws the elements an uninterrupted one draws)."""
+        return {"seed": self.seed, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Inverse of :meth:`state_dict`."""
+        self.seed = int(state.get("seed", self.seed))
+        self.generator.set_state(state["generator"])
+
     def sample(self, group: Group, k: int, include_identity: bool = False,
                pool: Optional[torch.Tensor] = None) -> torch.Tensor:
         if pool is None and group.is_finite:
