@@ -859,21 +859,22 @@ class ProjectionRegulariser(nn.Module):
             t_perp[i] = 0.0 if a is None else a
             t_eq[i] = 0.0 if b is None else b
         need_eq = self.lambda_G > 0
+        ref = tensors[0]
+        tp = torch.tensor(t_perp, dtype=ref.dtype, device=ref.device)
+        te = torch.tensor(t_eq, dtype=ref.dtype, device=ref.device)
+
+        def factors(perp2, eq2):
+            fp = self._shrink_factors(perp2.clamp_min(0).sqrt(), tp, self.lambda_perp, sq)
+            fe = self._shrink_factors(eq2.clamp_min(0).sqrt(), te, self.lambda_G, sq) if need_eq else None
+            return fp, fe
+
         with torch.no_grad():
-            perp2, eq2 = batched(tensors, need_eq=need_eq)
-            ref = perp2
-            n_perp = perp2.clamp_min(0).sqrt()
-            f_perp = self._shrink_factors(n_perp, torch.tensor(t_perp, dtype=ref.dtype, device=ref.device),
-                                          self.lambda_perp, sq)
-            f_eq, n_eq = None, torch.zeros_like(n_perp)
+            perp2, eq2, f_perp, f_eq = batched.proximal_(tensors, factors, need_eq=need_eq)
+            a = perp2.clamp_min(0).sqrt() * f_perp
+            value = self.lambda_perp * (a * a if sq else a).sum()
             if need_eq:
-                n_eq = eq2.clamp_min(0).sqrt()
-                f_eq = self._shrink_factors(n_eq, torch.tensor(t_eq, dtype=ref.dtype, device=ref.device),
-                                            self.lambda_G, sq)
-            batched.shrink_(tensors, f_perp, f_eq)
-            a = n_perp * f_perp
-            b = n_eq * (f_eq if f_eq is not None else 1.0)
-            value = self.lambda_perp * (a * a if sq else a).sum() + self.lambda_G * (b * b if sq else b).sum()
+                b = eq2.clamp_min(0).sqrt() * f_eq
+                value = value + self.lambda_G * (b * b if sq else b).sum()
         self._prox_value = value
 
     def _shrink_factors(self, n: torch.Tensor, t: torch.Tensor, lam: float, sq: bool) -> torch.Tensor:

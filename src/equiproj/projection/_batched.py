@@ -246,20 +246,45 @@ class BatchedFrobenius:
         return perp2[:L], eq2[:L]
 
     @torch.no_grad()
-    def shrink_(self, tensors: Sequence[torch.Tensor], f_perp: torch.Tensor, f_eq: Optional[torch.Tensor]) -> None:
-        """In place: ``x <- x - (1 - f_perp[l]) (x - P x)`` for the entries with ``perp`` and
-        ``x <- x - (1 - f_eq[l]) P x`` for those with ``eq`` (per-layer factors, shape ``(n_layers,)``);
-        the proximal map of the Frobenius penalty. Orbit entries share one scatter and one gather."""
+    def proximal_(self, tensors: Sequence[torch.Tensor], factors, need_eq: bool = True):
+        """The proximal map of a Frobenius penalty, in place, with one projection per tensor:
+        ``perp2, eq2`` (as :meth:`__call__`) go to ``factors(perp2, eq2) -> (f_perp, f_eq)`` (per-layer
+        shrink factors; ``f_eq`` may be ``None``), then ``x <- x - (1 - f_perp[l]) (x - P x)`` for the
+        entries with ``perp`` and ``x <- x - (1 - f_eq[l]) P x`` for those with ``eq``. Returns
+        ``(perp2, eq2, f_perp, f_eq)``."""
         ref = tensors[0]
         L = self.n_layers
+        T = self._tables(ref.device, ref.dtype)
+        perp2 = ref.new_zeros(L + 1)
+        eq2 = ref.new_zeros(L + 1)
+        flat = proj = None
+        if self._orbit is not None:
+            o = T["orbit"]
+            flat = torch.cat([tensors[i].reshape(-1) for i in self._orbit_entries])
+            sums = flat.new_zeros(o["inv"].shape[0]).index_add_(0, o["ids"], flat)
+            mean = sums * o["inv"]
+            proj = mean.index_select(0, o["ids"])
+            r = flat - proj
+            perp2.index_add_(0, o["elem_layer"], r * r)
+            if need_eq:
+                eq2.index_add_(0, o["orb_eq"], sums * mean)
+        projs = {}
+        for i in self._pair_entries:
+            e = self.entries[i]
+            t = tensors[i]
+            Px = e.projector.project_bias(t) if e.bias else e.projector.project(t)
+            projs[i] = Px
+            r = t - Px
+            perp2[e.layer if e.perp else L] += (r * r).sum()
+            if need_eq and e.eq:
+                eq2[e.layer] += (Px * Px).sum()
+        perp2, eq2 = perp2[:L], eq2[:L]
+        f_perp, f_eq = factors(perp2, eq2)
         one = ref.new_ones(1)
         fp = torch.cat([f_perp.to(ref.dtype), one])
         fe = None if f_eq is None else torch.cat([f_eq.to(ref.dtype), one])
-        if self._orbit is not None:
-            o = self._tables(ref.device, ref.dtype)["orbit"]
-            flat = torch.cat([tensors[i].reshape(-1) for i in self._orbit_entries])
-            sums = flat.new_zeros(o["inv"].shape[0]).index_add_(0, o["ids"], flat)
-            proj = (sums * o["inv"]).index_select(0, o["ids"])
+        if flat is not None:
+            o = T["orbit"]
             new = flat - (1 - fp.index_select(0, o["elem_layer"])) * (flat - proj)
             if fe is not None:
                 new -= (1 - fe.index_select(0, o["elem_eq"])) * proj
@@ -268,15 +293,14 @@ class BatchedFrobenius:
                 t = tensors[i]
                 t.copy_(new[off:off + t.numel()].reshape(t.shape))
                 off += t.numel()
-        for i in self._pair_entries:
+        for i, Px in projs.items():
             e = self.entries[i]
             t = tensors[i]
-            Px = e.projector.project_bias(t) if e.bias else e.projector.project(t)
-            a = fp[e.layer if e.perp else L]
-            upd = (1 - a) * (t - Px)
+            upd = (1 - fp[e.layer if e.perp else L]) * (t - Px)
             if fe is not None and e.eq:
                 upd = upd + (1 - fe[e.layer]) * Px
             t.sub_(upd)
+        return perp2, eq2, f_perp, f_eq
 
 
 def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
