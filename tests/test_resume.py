@@ -86,3 +86,18 @@ def test_resume_is_bit_identical(tmp_path, name, extra):
     diff = {k: float((sa[k] - sc[k]).abs().max()) for k in sa if not torch.equal(sa[k], sc[k])}
     assert not diff, diff
     assert res_c["resumes"] == 1 and res_c["history"] == res_a["history"]
+
+
+@pytest.mark.parametrize("name", available_methods())
+def test_every_method_declares_its_weight_option_and_rejects_typos(name):
+    from equiproj.baselines import METHODS, method_info
+
+    info = method_info(name)
+    assert info["needs_data"] == bool(METHODS[name].needs_batch)
+    if info["weight_option"] is not None:
+        assert info["weight_option"] in info["options"]
+    else:
+        assert name in ("plain", "strict")
+    opts, model, _ = _case(name)
+    with pytest.raises(TypeError, match="unknown option.*lambda_prep"):
+        make_method(name, model(0), lambda_prep=1.0, **opts)

@@ -1004,15 +1004,37 @@ def initialise_(model: nn.Module, init: str = "equivariant") -> nn.Module:
 
 
 class _Equivariant(nn.Module):
-    """Parametrisation ``W -> P(W)`` (hard constraint); assigning ``layer.weight = W`` stores ``P(W)``."""
+    """Parametrisation ``W -> P(W)`` (hard constraint); assigning ``layer.weight = W`` stores ``P(W)``.
+
+    In eval mode without autograd (``model.eval()`` and ``torch.no_grad()`` or
+    ``torch.inference_mode()``) the projected tensor is cached until the stored weight changes
+    (its version counter), so inference projects once, not per forward.
+    """
 
     def __init__(self, projector: Projector, bias: bool = False):
         super().__init__()
         self.projector = projector
         self.bias = bias
+        self._eval_cache = None
+
+    def _project(self, X):
+        return self.projector.project_bias(X) if self.bias else self.projector.project(X)
 
     def forward(self, X):
-        return self.projector.project_bias(X) if self.bias else self.projector.project(X)
+        if self.training or torch.is_grad_enabled() or torch.is_inference(X):
+            self._eval_cache = None
+            return self._project(X)
+        key = (X.data_ptr(), X._version, X.dtype, X.device, tuple(X.shape))
+        cache = self._eval_cache
+        if cache is None or cache[0] != key:
+            cache = self._eval_cache = (key, self._project(X))
+        return cache[1]
+
+    def __getstate__(self):  # the cache is not part of the state (deepcopy, pickling)
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = dict(state)
+        state["_eval_cache"] = None
+        return state
 
     def right_inverse(self, X):
         return self.forward(X.detach())
