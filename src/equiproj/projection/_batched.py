@@ -42,26 +42,36 @@ class _OrbitSquares(torch.autograd.Function):
     differentiating through the scatter and the gather."""
 
     @staticmethod
-    def forward(ctx, flat, ids, inv, elem_perp, elem_eq, orb_eq, size, need_eq):
+    def forward(ctx, flat, ids, inv, seg_len, orb_len, e_perp, e_eq, size, need_eq):
         sums = flat.new_zeros(inv.shape[0]).index_add_(0, ids, flat)
         mean = sums * inv
         proj = mean.index_select(0, ids)
         r = flat - proj
-        perp2 = flat.new_zeros(size).index_add_(0, elem_perp, r * r)
+        perp2 = flat.new_zeros(size).index_add_(0, e_perp, torch.stack([v.dot(v) for v in r.split(seg_len)]))
         eq2 = flat.new_zeros(size)
         if need_eq:
-            eq2.index_add_(0, orb_eq, sums * mean)
-        ctx.save_for_backward(r, proj if need_eq else None, elem_perp, elem_eq)
-        ctx.need_eq = need_eq
+            eq2.index_add_(0, e_eq, _segment_sums(sums * mean, orb_len))
+        ctx.save_for_backward(r, proj if need_eq else None, e_perp, e_eq)
+        ctx.need_eq, ctx.seg_len = need_eq, seg_len
         return perp2, eq2
 
     @staticmethod
     def backward(ctx, g_perp, g_eq):
-        r, proj, elem_perp, elem_eq = ctx.saved_tensors
-        grad = (2 * g_perp).index_select(0, elem_perp) * r
+        r, proj, e_perp, e_eq = ctx.saved_tensors
+        grad = r * _expand((2 * g_perp).index_select(0, e_perp), ctx.seg_len)
         if ctx.need_eq and g_eq is not None:
-            grad = grad + (2 * g_eq).index_select(0, elem_eq) * proj
-        return grad, None, None, None, None, None, None, None
+            grad = grad + proj * _expand((2 * g_eq).index_select(0, e_eq), ctx.seg_len)
+        return grad, None, None, None, None, None, None, None, None
+
+
+def _segment_sums(v: torch.Tensor, lengths: List[int]) -> torch.Tensor:
+    """Sums of consecutive segments of ``v`` (far cheaper than an ``index_add`` into a few slots)."""
+    return torch.stack([s.sum() for s in v.split(lengths)])
+
+
+def _expand(values: torch.Tensor, lengths: List[int]) -> torch.Tensor:
+    """``values[i]`` repeated ``lengths[i]`` times, concatenated."""
+    return torch.cat([v.expand(n) for v, n in zip(values.unbind(0), lengths)])
 
 
 class _PairSquares(torch.autograd.Function):
@@ -129,7 +139,9 @@ class BatchedFrobenius:
         L = self.n_layers
         self._orbit_entries: List[int] = []
         self._pair_entries: List[int] = []
-        ids, counts, elem_layer, elem_eq, orb_perp, orb_eq = [], [], [], [], [], []
+        ids, counts, e_perp, e_eq = [], [], [], []
+        self._seg_len: List[int] = []
+        self._orb_len: List[int] = []
         offset = 0
         for i, e in enumerate(self.entries):
             P = e.matrix_projector
@@ -142,17 +154,17 @@ class BatchedFrobenius:
             ids.append(oid + offset)
             counts.append(c)
             n = oid.numel()
-            elem_layer.append(torch.full((n,), e.layer if e.perp else L, dtype=torch.long))
-            elem_eq.append(torch.full((n,), e.layer if e.eq else L, dtype=torch.long))
-            orb_perp.append(torch.full((c.numel(),), e.layer if e.perp else L, dtype=torch.long))
-            orb_eq.append(torch.full((c.numel(),), e.layer if e.eq else L, dtype=torch.long))
+            self._seg_len.append(n)
+            self._orb_len.append(c.numel())
+            e_perp.append(e.layer if e.perp else L)
+            e_eq.append(e.layer if e.eq else L)
             offset += c.numel()
         self._orbit = None
         if ids:
             c = torch.cat(counts)
             inv = torch.where(c > 0, 1.0 / c.clamp_min(1), torch.zeros_like(c))
-            self._orbit = dict(ids=torch.cat(ids), inv=inv, elem_layer=torch.cat(elem_layer), elem_eq=torch.cat(elem_eq),
-                               orb_perp=torch.cat(orb_perp), orb_eq=torch.cat(orb_eq))
+            self._orbit = dict(ids=torch.cat(ids), inv=inv, e_perp=torch.tensor(e_perp, dtype=torch.long),
+                               e_eq=torch.tensor(e_eq, dtype=torch.long))
         # pair groups: pair id -> (pair, [(entry, rows, cols, n_o, d_o, n_i, d_i)], copy layer tables)
         groups: Dict[int, list] = {}
         for i in self._pair_entries:
@@ -206,12 +218,14 @@ class BatchedFrobenius:
             if self.identity:
                 sums = flat.new_zeros(o["inv"].shape[0]).index_add(0, o["ids"], flat)
                 sq = sums * (sums * o["inv"])  # ||P(x)||^2 per orbit: n_o * mean_o^2
-                perp2 = perp2.index_add(0, o["elem_layer"], flat * flat).index_add(0, o["orb_perp"], -sq)
+                q2 = _segment_sums(sq, self._orb_len)
+                x2 = torch.stack([v.dot(v) for v in flat.split(self._seg_len)])
+                perp2 = perp2.index_add(0, o["e_perp"], x2 - q2)
                 if need_eq:
-                    eq2 = eq2.index_add(0, o["orb_eq"], sq)
+                    eq2 = eq2.index_add(0, o["e_eq"], q2)
             else:
-                p2, e2 = _OrbitSquares.apply(flat, o["ids"], o["inv"], o["elem_layer"], o["elem_eq"], o["orb_eq"],
-                                             L + 1, need_eq)
+                p2, e2 = _OrbitSquares.apply(flat, o["ids"], o["inv"], self._seg_len, self._orb_len, o["e_perp"],
+                                             o["e_eq"], L + 1, need_eq)
                 perp2, eq2 = perp2 + p2, eq2 + e2
         if self._pairs:
             mats: Dict[int, torch.Tensor] = {}
@@ -265,9 +279,9 @@ class BatchedFrobenius:
             mean = sums * o["inv"]
             proj = mean.index_select(0, o["ids"])
             r = flat - proj
-            perp2.index_add_(0, o["elem_layer"], r * r)
+            perp2.index_add_(0, o["e_perp"], torch.stack([v.dot(v) for v in r.split(self._seg_len)]))
             if need_eq:
-                eq2.index_add_(0, o["orb_eq"], sums * mean)
+                eq2.index_add_(0, o["e_eq"], _segment_sums(sums * mean, self._orb_len))
         projs = {}
         for i in self._pair_entries:
             e = self.entries[i]
@@ -285,9 +299,9 @@ class BatchedFrobenius:
         fe = None if f_eq is None else torch.cat([f_eq.to(ref.dtype), one])
         if flat is not None:
             o = T["orbit"]
-            new = flat - (1 - fp.index_select(0, o["elem_layer"])) * (flat - proj)
+            new = flat - _expand(1 - fp.index_select(0, o["e_perp"]), self._seg_len) * (flat - proj)
             if fe is not None:
-                new -= (1 - fe.index_select(0, o["elem_eq"])) * proj
+                new -= _expand(1 - fe.index_select(0, o["e_eq"]), self._seg_len) * proj
             off = 0
             for i in self._orbit_entries:
                 t = tensors[i]
