@@ -636,6 +636,9 @@ class ProjectionRegulariser(nn.Module):
         """The batched Frobenius plan (``None`` for other norms), rebuilt when the structure changes."""
         if type(get_norm(self.norm_spec)) not in (Frobenius, FrobeniusSquared) or not self.batched:
             return None
+        if self._batch is None and not self._batchable():
+            self.batched = False  # custom projectors or complex weights: layer by layer
+            return None
         sig = self._structure()
         if self._batch is not None and self._batch_sig == sig:
             return self._batch
@@ -659,6 +662,17 @@ class ProjectionRegulariser(nn.Module):
         self._batch = (BatchedFrobenius(entries, len(self.layers), identity=squared), getters, squared)
         self._batch_sig = sig
         return self._batch
+
+    def _batchable(self) -> bool:
+        """Whether every declared layer has an equiproj ``Projector`` and real weights."""
+        for _, m, spec in self.layers:
+            if not isinstance(spec.projector, Projector):
+                return False
+            for pname in (spec.weight_name, spec.bias_name):
+                for t in (_split_originals(m, pname) or (getattr(m, pname, None),)):
+                    if isinstance(t, torch.Tensor) and t.is_complex():
+                        return False
+        return True
 
     def _batched_terms(self) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
         plan = self._plan()
