@@ -23,6 +23,10 @@ __all__ = ["SpectralPair"]
 _F64 = torch.float64
 
 
+#: Largest ``d_out * d_in`` whose pair map :meth:`SpectralPair.project_copies` materialises.
+_DENSE_COPIES_MAX = 256
+
+
 class SpectralPair(PairProjector):
     """Block mask plus commutant projection in the isotypic bases of one pair of field types."""
 
@@ -68,8 +72,23 @@ class SpectralPair(PairProjector):
         return plan
 
     def project_copies(self, X: torch.Tensor) -> torch.Tensor:
-        """:meth:`project` for copies ``X`` of shape ``(N, d_out, d_in)``, with plain matrix
-        products for the changes of basis and a mask for the blocks of 1-dimensional irreps."""
+        """:meth:`project` for copies ``X`` of shape ``(N, d_out, d_in)``.
+
+        For small pairs (``d_out d_in <= 256``) the map this route computes is materialised once,
+        as the ``(d_out d_in)^2`` matrix whose rows are the projections of the unit matrices, and
+        applied with one matrix product (many copies of a small pair are limited by the number of
+        operations, not by arithmetic); larger pairs use plain matrix products for the changes of
+        basis and a mask for the blocks of 1-dimensional irreps."""
+        N = X.shape[0]
+        n = self.d_out * self.d_in
+        if n <= _DENSE_COPIES_MAX:
+            if getattr(self, "_dense", None) is None:
+                E = torch.eye(n, dtype=_F64).reshape(n, self.d_out, self.d_in)
+                self._dense = self._project_copies(E).reshape(n, n)
+            return (X.reshape(N, n) @ self._t("dense", self._dense, X)).reshape(N, self.d_out, self.d_in)
+        return self._project_copies(X)
+
+    def _project_copies(self, X: torch.Tensor) -> torch.Tensor:
         mask, wide = self._copies_plan()
         N = X.shape[0]
         Xs = X
