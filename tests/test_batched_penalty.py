@@ -170,3 +170,12 @@ def test_batched_proximal_step_matches_layer_by_layer(scheme, norm):
     assert va == pytest.approx(vb, rel=1e-10)
     for a, b in zip(pa, pb):
         assert torch.allclose(a, b, atol=1e-12)
+
+
+def test_mixed_dtypes_fall_back_to_layer_by_layer():
+    G = cyclic(4)
+    net = nn.Sequential(RepLinear(G.regular(), G.regular()), RepLinear(G.regular(), G.regular()).double())
+    reg = ProjectionRegulariser(net, lambda_perp=1.0, scheme="penalty")
+    assert reg._plan() is None
+    terms = list(reg.terms())
+    assert len(terms) == 2 and terms[1][1].dtype == torch.float64

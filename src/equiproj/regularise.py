@@ -664,15 +664,19 @@ class ProjectionRegulariser(nn.Module):
         return self._batch
 
     def _batchable(self) -> bool:
-        """Whether every declared layer has an equiproj ``Projector`` and real weights."""
+        """Whether every declared layer has an equiproj ``Projector`` and real weights of one dtype
+        and device (the stacked calls concatenate them)."""
+        kinds = set()
         for _, m, spec in self.layers:
             if not isinstance(spec.projector, Projector):
                 return False
             for pname in (spec.weight_name, spec.bias_name):
                 for t in (_split_originals(m, pname) or (getattr(m, pname, None),)):
-                    if isinstance(t, torch.Tensor) and t.is_complex():
-                        return False
-        return True
+                    if isinstance(t, torch.Tensor):
+                        if t.is_complex():
+                            return False
+                        kinds.add((t.dtype, t.device))
+        return len(kinds) <= 1
 
     def _batched_terms(self) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
         plan = self._plan()
