@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 
-import pytest
 import torch
 
 # The suite's models are small: one thread is much faster than torch's default on a CI machine's
@@ -15,9 +14,7 @@ from equiproj.groups import cyclic, dihedral, finite_group, o2, o3, orthogonaliz
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 
 
-@pytest.fixture(params=[torch.float64, torch.float32], ids=["float64", "float32"])
-def dtype(request):
-    return request.param
+from equiproj.testing import dtype  # noqa: E402,F401  (the shipped fixture: float64 and float32)
 
 
 def quaternion_group():

@@ -33,10 +33,11 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .actions import HomAction
+from .actions import adapter_for, supported_types
 from .groups import Representation
-from .norms import Norm, SpectralNorm, get_norm
+from .norms import Frobenius, FrobeniusSquared, Norm, SpectralNorm, get_norm
 from .projection import Projector
+from .projection._batched import BatchedFrobenius, BatchEntry, safe_sqrt
 
 __all__ = [
     "LayerSpec", "declare", "declare_model", "declared_layers", "ProjectionRegulariser", "LayerReport", "project_",
@@ -55,10 +56,18 @@ class LayerSpec:
 
     projector: Projector
     include_bias: bool = True
+    #: The layer's attributes holding the weight and the bias (from its adapter, see
+    #: :func:`equiproj.actions.adapter_for`; ``in_proj_weight`` for ``nn.MultiheadAttention``).
+    weight_name: str = "weight"
+    bias_name: str = "bias"
 
     @property
     def group(self):
         return self.projector.group
+
+    def attr(self, role: str) -> str:
+        """The attribute name of ``role`` (``"weight"`` or ``"bias"``)."""
+        return self.weight_name if role == "weight" else self.bias_name
 
 
 def _as_representations(*reps, group=None):
@@ -68,24 +77,10 @@ def _as_representations(*reps, group=None):
 
 
 def _action_for(module: nn.Module, in_rep: Representation, out_rep: Representation, name: str, **kw):
+    """The weight action of a supported module type (through its adapter), dimensions checked."""
     if not isinstance(in_rep, Representation) or not isinstance(out_rep, Representation):
         raise TypeError(f"layer '{name}': in_rep and out_rep must be equiproj.groups.Representation objects")
-    """Build the weight action for a supported module type, checking dimensions."""
-    if isinstance(module, nn.Linear):
-        if kw:
-            raise TypeError(f"unexpected options for nn.Linear layer '{name}': {sorted(kw)}")
-        if in_rep.dim != module.in_features:
-            raise ValueError(
-                f"in_rep dimension {in_rep.dim} does not match in_features {module.in_features} of layer '{name}'"
-            )
-        if out_rep.dim != module.out_features:
-            raise ValueError(
-                f"out_rep dimension {out_rep.dim} does not match out_features {module.out_features} of layer '{name}'"
-            )
-        return HomAction(in_rep, out_rep)
-    from .actions import kernel_action_for  # convolutions (see equiproj.actions)
-
-    return kernel_action_for(module, in_rep, out_rep, name, **kw)
+    return adapter_for(module, name).action(module, in_rep, out_rep, name, **kw)
 
 
 def declare(module: nn.Module, in_rep: Representation, out_rep: Representation, route: str = "auto",
@@ -126,17 +121,14 @@ def declare(module: nn.Module, in_rep: Representation, out_rep: Representation, 
     label = name or type(module).__name__
     kw = {k: v for k, v in kw.items() if v is not None}
     action = _action_for(module, in_rep, out_rep, label, **kw)
-    setattr(module, SPEC_ATTR, LayerSpec(Projector(action, route=route), include_bias=include_bias))
+    adapter = adapter_for(module, label)
+    setattr(module, SPEC_ATTR, LayerSpec(Projector(action, route=route), include_bias=include_bias,
+                                         weight_name=adapter.weight_name, bias_name=adapter.bias_name))
     return module
 
 
-_SUPPORTED = (nn.Linear, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-
-
 def _channels(m: nn.Module) -> Tuple[int, int]:
-    if isinstance(m, nn.Linear):
-        return m.in_features, m.out_features
-    return m.in_channels, m.out_channels
+    return adapter_for(m).channels(m)
 
 
 def declare_model(model: nn.Module, group, in_rep: Optional[Representation] = None,
@@ -176,7 +168,7 @@ def declare_model(model: nn.Module, group, in_rep: Optional[Representation] = No
     """
     in_rep, out_rep, hidden = _as_representations(in_rep, out_rep, hidden, group=group)
     layers = {k: v if v is None else _as_representations(*v, group=group) for k, v in (layers or {}).items()}
-    candidates = [(name, m) for name, m in model.named_modules() if isinstance(m, _SUPPORTED) and name not in skip]
+    candidates = [(name, m) for name, m in model.named_modules() if isinstance(m, supported_types()) and name not in skip]
     if not candidates:
         raise ValueError("declare_model: the model has no nn.Linear or convolution layers")
     unknown = set(layers) - {name for name, _ in candidates}
@@ -356,14 +348,15 @@ def split_(model: nn.Module, include_bias: Optional[bool] = None) -> nn.Module:
                          "equiproj.declare(layer, in_rep, out_rep) first")
     for name, m, spec in layers:
         use_bias = spec.include_bias if include_bias is None else include_bias
-        for pname in ("weight", "bias") if use_bias else ("weight",):
+        for role in ("weight", "bias") if use_bias else ("weight",):
+            pname = spec.attr(role)
             if not _has(m, pname) or _is_split(m, pname):
                 continue
             if parametrize.is_parametrized(m, pname):
                 raise ValueError(
                     f"split_: the {pname} of layer '{name or '<model>'}' is already parametrised (constrain_, RPP "
                     f"or equivariant=True); the split parametrisation needs an unconstrained layer")
-            parametrize.register_parametrization(m, pname, SplitParametrization(spec.projector, bias=pname == "bias"))
+            parametrize.register_parametrization(m, pname, SplitParametrization(spec.projector, bias=role == "bias"))
     return model
 
 
@@ -393,7 +386,7 @@ def _augment(M: torch.Tensor, b: torch.Tensor, on_rows: bool = True) -> torch.Te
 
 def _penalised_bias(m: nn.Module, spec: LayerSpec, include_bias: Optional[bool]) -> bool:
     use = spec.include_bias if include_bias is None else include_bias
-    return bool(use) and _has(m, "bias")
+    return bool(use) and _has(m, spec.bias_name)
 
 
 def layer_parts(module: nn.Module, spec: LayerSpec, kernel: bool = False, include_bias: Optional[bool] = None,
@@ -406,7 +399,7 @@ def layer_parts(module: nn.Module, spec: LayerSpec, kernel: bool = False, includ
     equivariant part may be returned as ``None`` when it would cost an extra projection.
     """
     P = spec.projector
-    we, wp = _sources(module, "weight")
+    we, wp = _sources(module, spec.weight_name)
     if kernel:
         PWp = P.project(wp)
         PWe = PWp if we is wp else (P.project(we) if need_equivariant else None)
@@ -416,7 +409,7 @@ def layer_parts(module: nn.Module, spec: LayerSpec, kernel: bool = False, includ
     PMe = PMp if we is wp else (P._project_matrix(P.as_matrix(we)) if need_equivariant else None)
     if not _penalised_bias(module, spec, include_bias):
         return PMe, Mp - PMp
-    be, bp = _sources(module, "bias")
+    be, bp = _sources(module, spec.bias_name)
     Pbp = P.project_bias(bp)
     Pbe = Pbp if be is bp else (P.project_bias(be) if PMe is not None else None)
     rows = P.action.bias_on_rows
@@ -499,7 +492,7 @@ def _check_scheme(scheme: str) -> str:
     return scheme
 
 
-class ProjectionRegulariser:
+class ProjectionRegulariser(nn.Module):
     r"""Penalty ``sum_l lambda_perp ||W_l - P(W_l)|| + lambda_G ||P(W_l)||`` over declared layers.
 
     Parameters
@@ -577,7 +570,10 @@ class ProjectionRegulariser:
                 ok = False
             if not ok:
                 raise ValueError(f"{nm} must be a finite number >= 0, got {v!r}")
-        self.model = model
+        super().__init__()
+        # the model is referenced, not registered: the regulariser's parameters() and state_dict()
+        # are its own (the model's weights are saved with the model)
+        self.__dict__["model"] = model
         self.lambda_perp, self.lambda_G = float(lambda_perp), float(lambda_G)
         self.norm_spec = norm
         self.include_bias = include_bias
@@ -614,6 +610,10 @@ class ProjectionRegulariser:
         self._eq_norms = {name: base.fresh() for name, _, _ in self.layers}
         self._hook = None
         self._prox_value: Optional[float] = None
+        #: Whether the Frobenius penalty is computed by the batched plan (see ``equiproj.projection._batched``).
+        self.batched = True
+        self._batch = None
+        self._batch_sig = None
 
     @property
     def norm_name(self) -> str:
@@ -624,8 +624,93 @@ class ProjectionRegulariser:
         """Whether the penalty acts through the proximal step (:meth:`attach`), not the loss."""
         return self.scheme in ("proximal", "split-proximal")
 
+    # ------------------------------------------------------------------ the batched penalty
+    def _structure(self) -> tuple:
+        """What the batched plan depends on: per layer, whether weight and bias are split and
+        whether the bias is penalised."""
+        return tuple((_is_split(m, spec.weight_name),
+                      _penalised_bias(m, spec, self.include_bias) and _is_split(m, spec.bias_name),
+                      _penalised_bias(m, spec, self.include_bias)) for _, m, spec in self.layers)
+
+    def _plan(self):
+        """The batched Frobenius plan (``None`` for other norms), rebuilt when the structure changes."""
+        if type(get_norm(self.norm_spec)) not in (Frobenius, FrobeniusSquared) or not self.batched:
+            return None
+        if self._batch is None and not self._batchable():
+            self.batched = False  # custom projectors or complex weights: layer by layer
+            return None
+        sig = self._structure()
+        if self._batch is not None and self._batch_sig == sig:
+            return self._batch
+        need_eq = self.lambda_G > 0
+        entries, getters = [], []
+        for i, ((_, m, spec), (split_w, split_b, has_b)) in enumerate(zip(self.layers, sig)):
+            for role, split, on in (("weight", split_w, True), ("bias", split_b, has_b)):
+                if not on:
+                    continue
+                bias, pname = role == "bias", spec.attr(role)
+                if split:  # P(W) = P(A), W - P(W) = (I - P) B
+                    entries.append(BatchEntry(spec.projector, i, bias=bias, perp=True, eq=False))
+                    getters.append((m, pname, 1))
+                    if need_eq:
+                        entries.append(BatchEntry(spec.projector, i, bias=bias, perp=False, eq=True))
+                        getters.append((m, pname, 0))
+                else:
+                    entries.append(BatchEntry(spec.projector, i, bias=bias))
+                    getters.append((m, pname, None))
+        squared = type(get_norm(self.norm_spec)) is FrobeniusSquared
+        self._batch = (BatchedFrobenius(entries, len(self.layers), identity=squared), getters, squared)
+        self._batch_sig = sig
+        return self._batch
+
+    def _batchable(self) -> bool:
+        """Whether every declared layer has an equiproj ``Projector`` and real weights of one dtype
+        and device (the stacked calls concatenate them)."""
+        kinds = set()
+        for _, m, spec in self.layers:
+            if not isinstance(spec.projector, Projector):
+                return False
+            for pname in (spec.weight_name, spec.bias_name):
+                for t in (_split_originals(m, pname) or (getattr(m, pname, None),)):
+                    if isinstance(t, torch.Tensor):
+                        if t.is_complex():
+                            return False
+                        kinds.add((t.dtype, t.device))
+        return len(kinds) <= 1
+
+    def _batched_terms(self) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        plan = self._plan()
+        if plan is None:
+            return None
+        batched, getters, squared = plan
+        tensors = self._plan_tensors(getters)
+        perp2, eq2 = batched(tensors, need_eq=self.lambda_G > 0)
+        if squared:
+            return perp2, eq2
+        return safe_sqrt(perp2), safe_sqrt(eq2)
+
+    @staticmethod
+    def _plan_tensors(getters) -> List[torch.Tensor]:
+        out = []
+        for m, pname, k in getters:
+            if k is None:
+                out.append(getattr(m, pname))
+            else:
+                out.append(getattr(getattr(m.parametrizations, pname), f"original{k}"))
+        return out
+
     def terms(self) -> Iterator[Tuple[str, torch.Tensor, torch.Tensor]]:
         """Per layer ``(name, ||non-equivariant part||, ||equivariant part||)`` (differentiable)."""
+        both = self._batched_terms()
+        if both is not None:
+            perp, eq = both
+            for i, (name, _, _) in enumerate(self.layers):
+                yield name, perp[i], eq[i]
+            return
+        yield from self._layer_terms()
+
+    def _layer_terms(self) -> Iterator[Tuple[str, torch.Tensor, torch.Tensor]]:
+        """:meth:`terms` layer by layer (every norm; the reference of the batched path)."""
         need_eq = self.lambda_G > 0
         for name, m, spec in self.layers:
             Peq, Pperp = layer_parts(m, spec, kernel=self._perp_norms[name].kernel_norm,
@@ -636,6 +721,11 @@ class ProjectionRegulariser:
 
     def value(self) -> torch.Tensor:
         """The penalty's value at the current weights (differentiable), whatever the scheme."""
+        both = self._batched_terms()
+        if both is not None:
+            perp, eq = both
+            total = self.lambda_perp * perp.sum()
+            return total + self.lambda_G * eq.sum() if self.lambda_G > 0 else total
         total = None
         for _, perp, eq in self.terms():
             t = self.lambda_perp * perp + self.lambda_G * eq
@@ -655,16 +745,20 @@ class ProjectionRegulariser:
                 with torch.no_grad():
                     self._prox_value = float(self.value())
             p = next(iter(self.model.parameters()))
+            if isinstance(self._prox_value, torch.Tensor):
+                return self._prox_value.detach().to(dtype=p.dtype, device=p.device)
             return torch.tensor(self._prox_value, dtype=p.dtype, device=p.device)
         return self.value()
 
-    __call__ = penalty
+    def forward(self, batch=None) -> torch.Tensor:
+        """``reg()`` is :meth:`penalty` (a module call, so ``torch.compile(reg)`` compiles it)."""
+        return self.penalty(batch)
 
     def perp_parameters(self) -> List[torch.Tensor]:
         """The tensors ``B`` of the split layers (empty for the other schemes)."""
         out = []
-        for _, m, _ in self.layers:
-            for pname in ("weight", "bias"):
+        for _, m, spec in self.layers:
+            for pname in (spec.weight_name, spec.bias_name):
                 ab = _split_originals(m, pname)
                 if ab is not None:
                     out.append(ab[1])
@@ -736,15 +830,19 @@ class ProjectionRegulariser:
             return None if v is None else float(v)
 
         sq = self.norm_name == "fro2"
+        plan = self._plan()
+        if plan is not None:
+            self._batched_proximal(plan, step_size, sq)
+            return
         value = 0.0
         with torch.no_grad():
             for name, m, spec in self.layers:
                 P = spec.projector
                 names = ("weight", "bias") if _penalised_bias(m, spec, self.include_bias) else ("weight",)
                 parts = []  # (eq source, perp source, P(eq source), perp part)
-                for pname in names:
-                    se, sp = _sources(m, pname)
-                    proj = P.project_bias if pname == "bias" else P.project
+                for role in names:
+                    se, sp = _sources(m, spec.attr(role))
+                    proj = P.project_bias if role == "bias" else P.project
                     Psp = proj(sp)
                     Pse = Psp if se is sp else (proj(se) if self.lambda_G > 0 else None)
                     parts.append((se, sp, Pse, sp - Psp))
@@ -765,20 +863,68 @@ class ProjectionRegulariser:
                 value += self.lambda_perp * (a * a if sq else a) + self.lambda_G * (b * b if sq else b)
         self._prox_value = value
 
+    def _batched_proximal(self, plan, step_size, sq: bool) -> None:
+        """:meth:`proximal_step` on the batched plan: the per-layer norms in one pass, the factors
+        as tensors (no host synchronisation), the update in one more pass."""
+        batched, getters, _ = plan
+        tensors = self._plan_tensors(getters)
+        L = len(self.layers)
+        t_perp, t_eq = [0.0] * L, [0.0] * L  # step size 0: factor 1 (the part is left alone)
+        # the step size of a part is that of its weight's tensor (as the layer-by-layer code)
+        for i, (_, m, spec) in enumerate(self.layers):
+            se, sp = _sources(m, spec.weight_name)
+            a, b = step_size(sp), step_size(se)
+            t_perp[i] = 0.0 if a is None else a
+            t_eq[i] = 0.0 if b is None else b
+        need_eq = self.lambda_G > 0
+        ref = tensors[0]
+        tp = torch.tensor(t_perp, dtype=ref.dtype, device=ref.device)
+        te = torch.tensor(t_eq, dtype=ref.dtype, device=ref.device)
+
+        def factors(perp2, eq2):
+            fp = self._shrink_factors(perp2.clamp_min(0).sqrt(), tp, self.lambda_perp, sq)
+            fe = self._shrink_factors(eq2.clamp_min(0).sqrt(), te, self.lambda_G, sq) if need_eq else None
+            return fp, fe
+
+        with torch.no_grad():
+            perp2, eq2, f_perp, f_eq = batched.proximal_(tensors, factors, need_eq=need_eq)
+            a = perp2.clamp_min(0).sqrt() * f_perp
+            value = self.lambda_perp * (a * a if sq else a).sum()
+            if need_eq:
+                b = eq2.clamp_min(0).sqrt() * f_eq
+                value = value + self.lambda_G * (b * b if sq else b).sum()
+        self._prox_value = value
+
+    def _shrink_factors(self, n: torch.Tensor, t: torch.Tensor, lam: float, sq: bool) -> torch.Tensor:
+        """:meth:`_shrink` for vectors of norms and step sizes."""
+        if lam == 0:
+            return torch.ones_like(n)
+        if sq:
+            return 1.0 / (1.0 + 2.0 * t * lam)
+        f = torch.clamp(1.0 - t * lam / torch.where(n > 0, n, torch.ones_like(n)), min=0.0)
+        return torch.where((n > 0) & (t > 0), f, torch.ones_like(n))
+
     # ------------------------------------------------------------------ state, report
-    def state_dict(self) -> dict:
+    def state_dict(self, *args, **kwargs) -> dict:
         """What a resumed run needs besides the weights: the power-iteration vectors of the
-        spectral norms and the last proximal value."""
+        spectral norms and the last proximal value (checkpointed by :func:`equiproj.train.fit`;
+        plain tensors, floats and strings, so ``torch.load(..., weights_only=True)`` reads it)."""
         norms = {}
         for kind, table in (("perp", self._perp_norms), ("eq", self._eq_norms)):
             for name, n in table.items():
                 u = getattr(n, "_u", None)
                 if u is not None:
                     norms[f"{kind}/{name}"] = u.detach().cpu().clone()
-        return {"scheme": self.scheme, "prox_value": self._prox_value, "norm_state": norms}
+        prox = self._prox_value
+        prox = float(prox) if isinstance(prox, torch.Tensor) else prox
+        return {"scheme": self.scheme, "prox_value": prox, "norm_state": norms}
 
-    def load_state_dict(self, state: dict) -> None:
-        """Inverse of :meth:`state_dict`."""
+    def load_state_dict(self, state: dict, strict: bool = True, assign: bool = False):
+        """Inverse of :meth:`state_dict` (``strict``: layer names the regulariser does not know raise)."""
+        unknown = [k for k in state.get("norm_state", {}) if k.split("/", 1)[1] not in self._perp_norms]
+        if strict and unknown:
+            raise KeyError(f"load_state_dict: no declared layer for the saved norm state {sorted(unknown)}; "
+                           f"the layers are {sorted(self._perp_norms)} (pass strict=False to skip them)")
         self._prox_value = state.get("prox_value")
         for key, u in state.get("norm_state", {}).items():
             kind, name = key.split("/", 1)
@@ -817,9 +963,10 @@ def project_(model: nn.Module) -> nn.Module:
     with torch.no_grad():
         for _, m, spec in layers:
             P = spec.projector
-            _assign(m, "weight", P.project(m.weight))
-            if _has(m, "bias"):
-                _assign(m, "bias", P.project_bias(m.bias))
+            wn, bn = spec.weight_name, spec.bias_name
+            _assign(m, wn, P.project(getattr(m, wn)))
+            if _has(m, bn):
+                _assign(m, bn, P.project_bias(getattr(m, bn)))
     return model
 
 
@@ -850,14 +997,14 @@ def equivariant_init_(model: nn.Module, rescale: bool = True) -> nn.Module:
     """
     layers = declared_layers(model)
     with torch.no_grad():
-        norms = [(m, m.weight.norm()) for _, m, _ in layers]
+        norms = [(m, spec.weight_name, getattr(m, spec.weight_name).norm()) for _, m, spec in layers]
         project_(model)
         if rescale:
-            for m, n in norms:
-                w = m.weight
+            for m, wn, n in norms:
+                w = getattr(m, wn)
                 pn = w.norm()
                 if pn > 0:
-                    _assign(m, "weight", w * (n / pn))
+                    _assign(m, wn, w * (n / pn))
     return model
 
 
@@ -875,15 +1022,37 @@ def initialise_(model: nn.Module, init: str = "equivariant") -> nn.Module:
 
 
 class _Equivariant(nn.Module):
-    """Parametrisation ``W -> P(W)`` (hard constraint); assigning ``layer.weight = W`` stores ``P(W)``."""
+    """Parametrisation ``W -> P(W)`` (hard constraint); assigning ``layer.weight = W`` stores ``P(W)``.
+
+    In eval mode without autograd (``model.eval()`` and ``torch.no_grad()`` or
+    ``torch.inference_mode()``) the projected tensor is cached until the stored weight changes
+    (its version counter), so inference projects once, not per forward.
+    """
 
     def __init__(self, projector: Projector, bias: bool = False):
         super().__init__()
         self.projector = projector
         self.bias = bias
+        self._eval_cache = None
+
+    def _project(self, X):
+        return self.projector.project_bias(X) if self.bias else self.projector.project(X)
 
     def forward(self, X):
-        return self.projector.project_bias(X) if self.bias else self.projector.project(X)
+        if self.training or torch.is_grad_enabled() or torch.is_inference(X):
+            self._eval_cache = None
+            return self._project(X)
+        key = (X.data_ptr(), X._version, X.dtype, X.device, tuple(X.shape))
+        cache = self._eval_cache
+        if cache is None or cache[0] != key:
+            cache = self._eval_cache = (key, self._project(X))
+        return cache[1]
+
+    def __getstate__(self):  # the cache is not part of the state (deepcopy, pickling)
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = dict(state)
+        state["_eval_cache"] = None
+        return state
 
     def right_inverse(self, X):
         return self.forward(X.detach())
@@ -903,10 +1072,11 @@ def constrain_(model: nn.Module) -> nn.Module:
         raise ValueError("constrain_: the model has no declared layers")
     project_(model)
     for _, m, spec in layers:
-        if not parametrize.is_parametrized(m, "weight"):
-            parametrize.register_parametrization(m, "weight", _Equivariant(spec.projector))
-        if isinstance(getattr(m, "bias", None), torch.Tensor) and not parametrize.is_parametrized(m, "bias"):
-            parametrize.register_parametrization(m, "bias", _Equivariant(spec.projector, bias=True))
+        wn, bn = spec.weight_name, spec.bias_name
+        if not parametrize.is_parametrized(m, wn):
+            parametrize.register_parametrization(m, wn, _Equivariant(spec.projector))
+        if isinstance(getattr(m, bn, None), torch.Tensor) and not parametrize.is_parametrized(m, bn):
+            parametrize.register_parametrization(m, bn, _Equivariant(spec.projector, bias=True))
     return model
 
 
@@ -914,8 +1084,8 @@ def unconstrain_(model: nn.Module) -> nn.Module:
     """Remove every parametrisation of the declared layers (the hard constraint, the split
     parametrisation, residual pathways), keeping the current effective weights as plain
     parameters. The layers stay declared. Build a new optimiser afterwards."""
-    for _, m, _ in declared_layers(model):
-        for name in ("weight", "bias"):
+    for _, m, spec in declared_layers(model):
+        for name in (spec.weight_name, spec.bias_name):
             if parametrize.is_parametrized(m, name):
                 parametrize.remove_parametrizations(m, name, leave_parametrized=True)
     return model

@@ -10,7 +10,9 @@ Every weight action presents its weights as a matrix whose rows and columns are 
 fields (:class:`FieldLayout`), which is all the projectors need.
 """
 
-from ._grid import feature_map_action, grid_coordinates, grid_permutation, grid_representation, transform_feature_map
+from ._grid import (feature_map_action, grid_coordinates, grid_permutation, grid_permutations, grid_representation,
+                    transform_feature_map)
+from ._adapters import ADAPTERS, LayerAdapter, adapter_for, register_adapter, supported_types
 from ._kernel import KernelAction, kernel_action_for
 from ._layout import FieldLayout
 from ._linear import HomAction, WeightAction
@@ -18,6 +20,8 @@ from ._steerable import SteerableConfig, SteerableField, harmonic_representation
 
 __all__ = [
     "WeightAction", "HomAction", "KernelAction", "FieldLayout", "kernel_action_for",
+    "LayerAdapter", "ADAPTERS", "adapter_for", "register_adapter", "supported_types",
     "SteerableConfig", "SteerableField", "steerable_basis", "harmonic_representation", "harmonics",
-    "transform_feature_map", "feature_map_action", "grid_coordinates", "grid_permutation", "grid_representation",
+    "transform_feature_map", "feature_map_action", "grid_coordinates", "grid_permutation", "grid_permutations",
+    "grid_representation",
 ]

@@ -24,7 +24,7 @@ import torch
 
 from ..groups import Group, PermutationRep, Representation
 
-__all__ = ["grid_coordinates", "grid_permutation", "grid_representation", "geometric_dim",
+__all__ = ["grid_coordinates", "grid_permutation", "grid_permutations", "grid_representation", "geometric_dim",
            "transform_feature_map", "feature_map_action"]
 
 _F64 = torch.float64
@@ -66,6 +66,42 @@ def grid_permutation(matrices: torch.Tensor, size: Sequence[int], tol: float = 1
         return None
     strides = [math.prod(size[i + 1:]) for i in range(len(size))]
     return (rounded * torch.tensor(strides, dtype=torch.long)).sum(-1)
+
+
+@functools.lru_cache(maxsize=256)
+def _grid_permutations_cpu(group: Group, size: Tuple[int, ...]) -> Optional[torch.Tensor]:
+    if not group.is_finite:
+        return None
+    return grid_permutation(group.standard()(group.elements(), dtype=_F64), size)
+
+
+_PERM_DEVICE_CACHE: dict = {}
+
+
+def grid_permutations(group: Group, size: Sequence[int], device=None) -> Optional[torch.Tensor]:
+    """The index tables ``src[g, x]`` of :func:`grid_permutation` for *all* elements of a finite
+    group, cached per ``(group, size, device)``; ``None`` when some element does not map the
+    grid onto itself (or the group is continuous).
+
+    A function ``f`` on the grid moves by one gather, ``(g . f).flatten() = f.flatten()[src[g]]``,
+    for one element or (``src[g_batch]``) for a batch of them.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from equiproj.groups import cyclic
+    >>> src = grid_permutations(cyclic(4), (3, 3))
+    >>> x = torch.arange(9.0).reshape(3, 3)
+    >>> bool(torch.equal(x.flatten()[src[1]].reshape(3, 3), torch.rot90(x, 1)))
+    True
+    """
+    size = tuple(int(s) for s in size)
+    dev = torch.device("cpu") if device is None else torch.device(device)
+    key = (group, size, str(dev))
+    if key not in _PERM_DEVICE_CACHE:
+        t = _grid_permutations_cpu(group, size)
+        _PERM_DEVICE_CACHE[key] = None if t is None else t.to(dev)
+    return _PERM_DEVICE_CACHE[key]
 
 
 @functools.lru_cache(maxsize=256)
@@ -138,6 +174,9 @@ def transform_feature_map(x: torch.Tensor, g, rep: Representation, mode: str = "
     R = rep(g, dtype=x.dtype).to(x.device)[0]
     y = torch.einsum("ij,bj...->bi...", R, x)
     size = tuple(x.shape[2:])
+    table = grid_permutations(G, size, x.device) if G.is_finite else None
+    if table is not None:  # cached tables, one gather
+        return y.reshape(*y.shape[:2], -1)[..., table[int(g[0])]].reshape(y.shape)
     M = G.standard()(g, dtype=_F64)
     src = grid_permutation(M, size)
     if src is not None:

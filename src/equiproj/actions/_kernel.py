@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..groups import Representation, TensorProduct
-from ._grid import geometric_dim, grid_permutation, grid_representation
+from ._grid import geometric_dim, grid_permutation, grid_permutations, grid_representation
 from ._layout import FieldLayout
 from ._linear import WeightAction
 from ._steerable import SteerableConfig, SteerableField
@@ -118,54 +118,39 @@ class KernelAction(WeightAction):
         """``g . W`` for a batch of elements that map the grid onto itself."""
         G = self.group
         g = G.as_elements(g)
-        src = grid_permutation(G.standard()(g, dtype=_F64), self.kernel_size)
-        if src is None:
-            raise ValueError(
-                f"an element of {G.name} that does not map the {self.kernel_size} grid onto itself cannot move a "
-                "kernel exactly; use grid symmetries (e.g. quarter turns) or transform feature maps instead"
-            )
+        table = grid_permutations(G, self.kernel_size, W.device) if G.is_finite else None
+        if table is not None:  # cached per (group, size, device)
+            src = table[g.to(W.device)]
+        else:
+            src = grid_permutation(G.standard()(g, dtype=_F64), self.kernel_size)
+            if src is None:
+                raise ValueError(
+                    f"an element of {G.name} that does not map the {self.kernel_size} grid onto itself cannot move a "
+                    "kernel exactly; use grid symmetries (e.g. quarter turns) or transform feature maps instead"
+                )
+            src = src.to(W.device)
         Ro = self.out_rep(g, dtype=W.dtype).to(W.device)
         Ri = self.in_rep(g, dtype=W.dtype).to(W.device)
-        n = Ro.shape[0]
         lead = W.shape[: W.ndim - 2 - len(self.kernel_size)]
         flat = W.reshape(*lead, self.out_rep.dim, self.in_rep.dim, self.K)
-        out = []
-        for i in range(n):
-            moved = flat[..., src[i].to(W.device)]
-            moved = torch.einsum("ab,...bcx,dc->...adx", Ro[i], moved, Ri[i])
-            out.append(moved.reshape(W.shape))
-        return torch.stack(out)
+        moved = flat[..., src].movedim(-2, 0)  # one gather for all elements: (n, ..., c_out, c_in, K)
+        moved = torch.einsum("nab,n...bcx,ndc->n...adx", Ro, moved, Ri)
+        return moved.reshape(src.shape[0], *W.shape)
 
 
 def kernel_action_for(module: nn.Module, in_rep: Representation, out_rep: Representation, name: str,
                       steerable: Optional[SteerableConfig] = None, band_limit: Optional[int] = None) -> KernelAction:
-    """The kernel action of a ``Conv{2,3}d`` or ``ConvTranspose{2,3}d`` layer, dimensions checked.
+    """The kernel action of a ``Conv{1,2,3}d`` or ``ConvTranspose{1,2,3}d`` layer, dimensions checked
+    (through the layer adapters, :func:`equiproj.actions.adapter_for`).
 
     A transposed convolution with weight ``(c_in, c_out, *k)`` is the adjoint of the
     convolution with the same weight from ``out_rep`` to ``in_rep``; it is equivariant exactly
     when that convolution is, so its weight is projected as a kernel from ``out_rep`` to
     ``in_rep``.
     """
-    convs = (nn.Conv2d, nn.Conv3d)
-    tconvs = (nn.ConvTranspose2d, nn.ConvTranspose3d)
-    if not isinstance(module, convs + tconvs):
-        raise TypeError(
-            f"layer '{name}' of type {type(module).__name__} is not supported: declare() accepts nn.Linear, "
-            "nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d and nn.ConvTranspose3d"
-        )
-    if module.groups != 1:
-        raise ValueError(f"layer '{name}' is a grouped convolution (groups={module.groups}), which is not supported")
-    if in_rep.dim != module.in_channels:
-        raise ValueError(
-            f"in_rep dimension {in_rep.dim} does not match in_channels {module.in_channels} of layer '{name}'"
-        )
-    if out_rep.dim != module.out_channels:
-        raise ValueError(
-            f"out_rep dimension {out_rep.dim} does not match out_channels {module.out_channels} of layer '{name}'"
-        )
-    if isinstance(module, tconvs):
-        action = KernelAction(out_rep, in_rep, module.kernel_size, steerable=steerable, band_limit=band_limit)
-        action._bias_rep = out_rep  # the bias lives on the module's output channels
-        action._bias_on_rows = False  # ... which are the columns' side of the matrix
-        return action
-    return KernelAction(in_rep, out_rep, module.kernel_size, steerable=steerable, band_limit=band_limit)
+    from ._adapters import ConvAdapter, adapter_for
+
+    adapter = adapter_for(module, name)
+    if not isinstance(adapter, ConvAdapter):
+        raise TypeError(f"layer '{name}' of type {type(module).__name__} is not a convolution")
+    return adapter.action(module, in_rep, out_rep, name, steerable=steerable, band_limit=band_limit)

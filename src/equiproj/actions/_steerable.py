@@ -28,7 +28,7 @@ from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 
-from ..groups import Group, Representation, TableRep, invariant_basis, o2, o3
+from ..groups import Group, Representation, invariant_basis
 from ._grid import geometric_dim, grid_coordinates
 
 __all__ = ["SteerableConfig", "SteerableField", "harmonic_representation", "harmonics", "steerable_basis"]
@@ -92,47 +92,11 @@ class SteerableConfig:
 
 def harmonic_representation(group: Group, l: int) -> Representation:
     """``H^l``: how ``group`` acts on the degree-``l`` harmonics of its plane or space,
-    ``Y^l(g x) = H^l(g) Y^l(x)``."""
+    ``Y^l(g x) = H^l(g) Y^l(x)`` (the group's own :meth:`Group.harmonic_representation`)."""
     d = geometric_dim(group)
     if d not in (2, 3):
         raise ValueError(f"steerable kernels need a group acting on the plane or space, {group.name} acts on R^{d}")
-    key = ("harmonic", l)
-    cache = group._decomposition_cache
-    if key in cache:
-        return cache[key]
-    name = group.name
-    if d == 2:
-        parent = o2()
-        if name == "SO(2)":
-            rep = group.irrep(l)
-        elif name == "O(2)":
-            rep = group.irrep(1, l) if l else group.trivial()
-        else:
-            rep = _restrict(group, (parent.irrep(1, l) if l else parent.trivial()), _o2_element)
-    else:
-        parent = o3()
-        if name == "SO(3)":
-            rep = group.irrep(l)
-        elif name == "O(3)":
-            rep = group.irrep(l, (-1) ** l)
-        else:
-            rep = _restrict(group, parent.irrep(l, (-1) ** l), lambda M: M)
-    cache[key] = rep
-    return rep
-
-
-def _o2_element(M: torch.Tensor) -> torch.Tensor:
-    theta = torch.atan2(M[:, 1, 0], M[:, 0, 0])
-    s = (torch.linalg.det(M) < 0).to(_F64)
-    return torch.stack([theta, s], -1)
-
-
-def _restrict(group: Group, irrep: Representation, to_parent) -> Representation:
-    if not group.is_finite:
-        raise ValueError(f"no steerable harmonics for the continuous group {group.name}")
-    M = group.standard()(group.elements(), dtype=_F64)
-    table = irrep(to_parent(M), dtype=_F64)
-    return TableRep(group, table, name=f"H{irrep.label}", check=False)
+    return group.harmonic_representation(l)
 
 
 def harmonics(l: int, coords: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ them; other unknown options raise. See ``docs/baselines.md``.
 """
 
 from ._base import (METHODS, Method, PlainMethod, ProjectionMethod, StrictMethod, available_methods, make_method,
-                    register_method)
+                    method_info, register_method)
 from ._eqreg import EqRegMethod
 from ._per import DenseMatrixTooLarge, PERMethod, check_subgroup, dense_bias_projector, dense_projector
 from ._relaxed import (GroupPool2d, RelaxedGroupConv2d, RelaxedLayerReport, RelaxedLiftingConv2d, RelaxedMethod,
@@ -30,7 +30,7 @@ from ._sample import SampleOutputMethod
 from ._util import SHARED_OPTIONS, ElementSampler, grid_symmetries
 from ._weight_sample import WeightSampleMethod
 
-__all__ = ["Method", "METHODS", "make_method", "available_methods", "register_method",
+__all__ = ["Method", "METHODS", "make_method", "available_methods", "method_info", "register_method",
            "PlainMethod", "StrictMethod", "ProjectionMethod",
            "SampleOutputMethod", "EqRegMethod", "WeightSampleMethod", "RPPMethod", "PERMethod", "RelaxedMethod",
            "ResidualPathway", "rpp_", "rpp_paths",

@@ -22,7 +22,7 @@ from torch import nn
 from ..regularise import (DEFAULT_SCHEME, ProjectionRegulariser, constrain_, declared_layers, initialise_, report)
 from ._util import check_options
 
-__all__ = ["Method", "register_method", "make_method", "available_methods", "METHODS",
+__all__ = ["Method", "register_method", "make_method", "available_methods", "method_info", "METHODS",
            "PlainMethod", "StrictMethod", "ProjectionMethod", "DEFAULT_INIT"]
 
 #: Where :func:`make_method` starts the declared weights of every method but ``plain``.
@@ -37,8 +37,24 @@ class Method:
     """
 
     name = "method"
+    #: Whether :meth:`penalty` needs the batch (sample-based regularisers).
     needs_batch = False
     starts_equivariant = True
+    #: The option that weighs the method's penalty (``None`` when it has none), e.g. ``"lambda_perp"``;
+    #: experiments sweep this option without knowing the method's name.
+    weight_option: Optional[str] = None
+    #: The options the method accepts (besides :data:`equiproj.baselines.SHARED_OPTIONS`).
+    _options: tuple = ()
+
+    @classmethod
+    def known_options(cls) -> tuple:
+        """The options :func:`make_method` accepts for this method (besides the shared ones)."""
+        return tuple(cls._options)
+
+    @property
+    def needs_data(self) -> bool:
+        """Alias of :attr:`needs_batch`."""
+        return self.needs_batch
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -62,11 +78,16 @@ class Method:
         return None
 
     def state_dict(self) -> dict:
-        """State besides the model's that a resumed run needs (checkpointed by ``fit``)."""
-        return {}
+        """State besides the model's that a resumed run needs (checkpointed by ``fit``): the
+        generator of a method's element sampler (attribute ``sampler``), if it has one."""
+        sampler = getattr(self, "sampler", None)
+        return {"sampler": sampler.state_dict()} if sampler is not None else {}
 
     def load_state_dict(self, state: dict) -> None:
         """Inverse of :meth:`state_dict`."""
+        sampler = getattr(self, "sampler", None)
+        if sampler is not None and state and "sampler" in state:
+            sampler.load_state_dict(state["sampler"])
 
     def _zero(self) -> torch.Tensor:
         p = next(self.model.parameters(), None)
@@ -93,6 +114,22 @@ def register_method(name: str):
 
 def available_methods() -> List[str]:
     return sorted(METHODS)
+
+
+def method_info(name: str) -> dict:
+    """What an experiment needs to know about a method without naming it:
+    ``{"weight_option", "needs_data", "options", "starts_equivariant"}``.
+
+    Examples
+    --------
+    >>> method_info("projection")["weight_option"], method_info("sample-output")["needs_data"]
+    ('lambda_perp', True)
+    """
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}: choose one of {', '.join(available_methods())}")
+    cls = METHODS[name]
+    return {"weight_option": getattr(cls, "weight_option", None), "needs_data": bool(getattr(cls, "needs_batch", False)),
+            "options": tuple(getattr(cls, "_options", ())), "starts_equivariant": getattr(cls, "starts_equivariant", True)}
 
 
 def make_method(name: str, model: nn.Module, **options) -> Method:
@@ -174,6 +211,7 @@ class ProjectionMethod(Method):
     see ``docs/training.md``)."""
 
     name = "projection"
+    weight_option = "lambda_perp"
     _options = ("lambda_perp", "lambda_G", "norm", "include_bias", "scheme", "perp_lr")
 
     def __init__(self, model, lambda_perp: float = 1e-2, lambda_G: float = 0.0, norm="fro",

@@ -98,6 +98,7 @@ class EqRegMethod(SampledMethod):
 
     name = "eqreg"
     needs_batch = True
+    weight_option = "lambda_"
     _options = ("lambda_", "k", "act_in", "act_out", "group", "input_fn", "seed", "include_identity", "batched",
                 "reduction")
 

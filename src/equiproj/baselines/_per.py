@@ -192,6 +192,7 @@ class PERMethod(Method):
 
     name = "per"
     needs_batch = False
+    weight_option = "lambda_"
     _options = ("lambda_", "subgroups", "alphas", "include_bias", "max_bytes")
 
     def __init__(self, model: nn.Module, lambda_: float = 1e-2, subgroups: Optional[Sequence] = None,

@@ -558,6 +558,7 @@ class RelaxedMethod(Method):
 
     name = "relaxed"
     needs_batch = False
+    weight_option = "lambda_"
     _options = ("lambda_", "norm", "penalty")
 
     def __init__(self, model: nn.Module, lambda_: float = 1e-2, norm: str = "l1", penalty: str = "relaxation",

@@ -113,6 +113,7 @@ class SampleOutputMethod(SampledMethod):
 
     name = "sample-output"
     needs_batch = True
+    weight_option = "lambda_"
     _options = ("lambda_", "k", "act_in", "act_out", "group", "input_fn", "seed", "include_identity", "batched")
 
     def __init__(self, model: nn.Module, lambda_: float = 1e-2, k: int = 1, act_in=None, act_out=None,

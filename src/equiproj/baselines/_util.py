@@ -128,6 +128,16 @@ class ElementSampler:
         self.seed = int(seed)
         self.generator = torch.Generator().manual_seed(self.seed)
 
+    def state_dict(self) -> dict:
+        """The generator's state (checkpointed by :func:`equiproj.train.fit`, so that a resumed run
+        draws the elements an uninterrupted one draws)."""
+        return {"seed": self.seed, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Inverse of :meth:`state_dict`."""
+        self.seed = int(state.get("seed", self.seed))
+        self.generator.set_state(state["generator"])
+
     def sample(self, group: Group, k: int, include_identity: bool = False,
                pool: Optional[torch.Tensor] = None) -> torch.Tensor:
         if pool is None and group.is_finite:
@@ -159,21 +169,11 @@ def _signed_permutations(d: int) -> torch.Tensor:
 
 def _to_elements(group: Group, mats: torch.Tensor) -> Optional[torch.Tensor]:
     """Elements of a continuous group with the given defining matrices (the ones it contains)."""
-    key = group.key[0]
-    det = torch.linalg.det(mats)
-    if key == "SO2":
-        keep = det > 0
-        return torch.atan2(mats[keep, 1, 0], mats[keep, 0, 0]).remainder(2 * math.pi)
-    if key == "O2":
-        F = torch.diag(torch.tensor([1.0, -1.0], dtype=_F64))
-        s = (det < 0).to(_F64)
-        R = torch.where((det < 0)[:, None, None], mats @ F, mats)
-        return torch.stack([torch.atan2(R[:, 1, 0], R[:, 0, 0]).remainder(2 * math.pi), s], -1)
-    if key == "SO3":
-        return mats[det > 0]
-    if key == "O3":
-        return mats
-    return None
+    try:
+        keep = group.contains_matrices(mats)
+    except NotImplementedError:
+        return None
+    return group.elements_from_matrices(mats[keep])
 
 
 def grid_symmetries(group: Group, kernel_size: Sequence[int]) -> torch.Tensor:

@@ -78,6 +78,7 @@ class WeightSampleMethod(Method):
 
     name = "weight-sample"
     needs_batch = False
+    weight_option = "lambda_"
     _options = ("lambda_", "k", "seed", "include_identity", "include_bias")
 
     def __init__(self, model: nn.Module, lambda_: float = 1e-2, k: int = 1, seed: int = 0,

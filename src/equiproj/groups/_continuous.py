@@ -128,6 +128,16 @@ class SO2(Group):
     def standard(self):
         return self.irrep(1)
 
+    def contains_matrices(self, R):
+        R = torch.as_tensor(R, dtype=_F64)
+        return torch.linalg.det(R) > 0
+
+    def harmonic_representation(self, l):
+        return self.irrep(l)
+
+    def escnn_element_args(self, g):
+        return [((float(t),), {}) for t in self.as_elements(g).to(_F64)]
+
 
 class O2(Group):
     """The orthogonal group O(2) = rotations ``r_theta`` and reflections ``r_theta f``.
@@ -233,6 +243,16 @@ class O2(Group):
 
     def standard(self):
         return self.irrep(1, 1)
+
+    def contains_matrices(self, R):
+        R = torch.as_tensor(R, dtype=_F64)
+        return torch.ones(R.shape[0], dtype=torch.bool)
+
+    def harmonic_representation(self, l):
+        return self.irrep(1, l) if l else self.trivial()
+
+    def escnn_element_args(self, g):
+        return [(((int(round(float(s))), float(t)),), {}) for t, s in self.as_elements(g).to(_F64)]
 
 
 # ====================================================================== SO(3), O(3)
@@ -451,6 +471,16 @@ class SO3(Group):
             return self.irrep(1)
         return self.irrep(1).change_basis(B.T, name="standard")
 
+    def contains_matrices(self, R):
+        R = torch.as_tensor(R, dtype=_F64)
+        return torch.linalg.det(R) > 0
+
+    def harmonic_representation(self, l):
+        return self.irrep(l)
+
+    def escnn_element_args(self, g):
+        return [((r,), {"param": "MAT"}) for r in self.as_elements(g).to(_F64).numpy()]
+
 
 class O3(SO3):
     """The orthogonal group O(3) = SO(3) x {I, -I}. Elements: orthogonal matrices ``(n, 3, 3)``.
@@ -522,6 +552,20 @@ class O3(SO3):
         if torch.equal(B, torch.eye(3, dtype=_F64)):
             return self.irrep(1, -1)
         return self.irrep(1, -1).change_basis(B.T, name="standard")
+
+    def contains_matrices(self, R):
+        R = torch.as_tensor(R, dtype=_F64)
+        return torch.ones(R.shape[0], dtype=torch.bool)
+
+    def harmonic_representation(self, l):
+        return self.irrep(l, (-1) ** l)
+
+    def escnn_element_args(self, g):
+        out = []
+        for r in self.as_elements(g).to(_F64).numpy():  # escnn: (inversion flag, rotation)
+            d = np.linalg.det(r)
+            out.append((((int(d < 0), r * np.sign(d)),), {"param": "MAT"}))
+        return out
 
 
 @functools.lru_cache(maxsize=None)

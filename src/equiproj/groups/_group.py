@@ -7,6 +7,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from .._utils import check_orthogonal
+from ._decompose import decompose_numerically, irreducible_subspaces
 from ._rep import Irrep, PermutationRep, Representation, TableRep
 
 __all__ = ["Group", "FiniteGroup"]
@@ -151,6 +152,29 @@ class Group:
     def standard(self) -> Representation:
         """The defining representation."""
         raise NotImplementedError
+
+    # ---------------------------------------------------------------- group knowledge used elsewhere
+    def _decompose_numerically(self, rep: Representation):
+        """The decomposition of ``rep`` into irreps, computed numerically (representations without
+        a closed form call this)."""
+        return decompose_numerically(rep)
+
+    def contains_matrices(self, R) -> torch.Tensor:
+        """Which of the orthogonal matrices ``R`` (``(n, d, d)``) are defining matrices of elements
+        of this group (a boolean mask); e.g. the rotations among signed permutation matrices."""
+        raise NotImplementedError(f"{self.name} cannot tell which matrices it contains")
+
+    def harmonic_representation(self, l: int) -> Representation:
+        """``H^l``: how the group acts on the degree-``l`` harmonics of the plane or space it acts on,
+        ``Y^l(g x) = H^l(g) Y^l(x)`` (used by steerable kernels). Groups on the plane restrict the
+        ``O(2)`` representation on the harmonics, groups in space the ``O(3)`` one; SO(2), O(2),
+        SO(3) and O(3) give their own irreps."""
+        raise ValueError(f"no steerable harmonics for {self.name}")
+
+    def escnn_element_args(self, g) -> List[tuple]:
+        """For each element of the batch ``g``: ``(args, kwargs)`` of escnn's ``G.element(*args, **kwargs)``
+        for the corresponding escnn group (see :mod:`equiproj.interop.escnn`)."""
+        raise NotImplementedError(f"{self.name} has no escnn counterpart")
 
     def regular(self) -> Representation:
         raise ValueError(
@@ -359,8 +383,6 @@ class FiniteGroup(Group):
         """Irreps from the eigenspaces of a random element of the regular commutant."""
         if self._irrep_tables is not None:
             return self._irrep_tables
-        from ._decompose import irreducible_subspaces
-
         if self._order > 2000:
             raise ValueError(f"{self.name} has order {self._order}: numerical irreps are limited to order 2000")
         reg = self.regular()

@@ -195,9 +195,9 @@ class Representation:
         return self._decomposition
 
     def _decompose(self) -> Decomposition:
-        from ._decompose import decompose_numerically
-
-        return decompose_numerically(self)
+        # the group owns the numerical algorithms (equiproj.groups._decompose), so that this module
+        # imports nothing from the rest of equiproj.groups (one direction: _rep -> _decompose -> _group)
+        return self.group._decompose_numerically(self)
 
     def isotypic(self) -> Isotypic:
         """Isotypic decomposition (irreps in canonical order, multiplicities, basis)."""
@@ -507,9 +507,7 @@ def _irrep_pair_decomposition(pa: Irrep, pb: Irrep) -> Decomposition:
             other = pb if pa.is_trivial() else pa
             dec = Decomposition((other,), torch.eye(other.dim, dtype=_F64))
         else:
-            from ._decompose import decompose_numerically
-
-            dec = decompose_numerically(TensorProduct(pa, pb))
+            dec = pa.group._decompose_numerically(TensorProduct(pa, pb))
         cache[ck] = dec
     return dec
 

@@ -24,7 +24,6 @@ Examples
 
 from __future__ import annotations
 
-import math
 from typing import List
 
 import numpy as np
@@ -68,29 +67,9 @@ def group_from_escnn(G) -> Group:
 
 
 def _escnn_elements(G_esc, group: Group, g: torch.Tensor) -> List:
-    """escnn elements corresponding to a batch of equiproj elements."""
-    name = group.name
-    if group.is_finite:
-        M = group.standard()(g, dtype=_F64).numpy()
-        theta = np.arctan2(M[:, 1, 0], M[:, 0, 0])
-        n = group.N
-        k = np.mod(np.rint(theta * n / (2 * math.pi)).astype(int), n)
-        if name.startswith("C"):
-            return [G_esc.element(int(ki)) for ki in k]
-        flip = (np.linalg.det(M) < 0).astype(int)
-        return [G_esc.element((int(f), int(ki))) for f, ki in zip(flip, k)]
-    if name == "SO(2)":
-        return [G_esc.element(float(t)) for t in g.to(_F64)]
-    if name == "O(2)":
-        return [G_esc.element((int(round(float(s))), float(t))) for t, s in g.to(_F64)]
-    R = g.to(_F64).numpy()
-    if name == "SO(3)":
-        return [G_esc.element(r, param="MAT") for r in R]
-    out = []
-    for r in R:  # O(3): escnn elements are (inversion flag, rotation)
-        d = np.linalg.det(r)
-        out.append(G_esc.element((int(d < 0), r * np.sign(d)), param="MAT"))
-    return out
+    """escnn elements corresponding to a batch of equiproj elements (the group says how,
+    :meth:`equiproj.groups.Group.escnn_element_args`)."""
+    return [G_esc.element(*args, **kw) for args, kw in group.escnn_element_args(g)]
 
 
 def _band_limit(rep_esc) -> int:

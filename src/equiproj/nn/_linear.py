@@ -56,6 +56,14 @@ class RepLinear(nn.Linear):
     def projector(self):
         return getattr(self, SPEC_ATTR).projector
 
+    def check_equivariance(self, x=None, elements=None, rtol=None, raise_error: bool = False):
+        """Check ``layer(g . x) = g . layer(x)`` on ``x`` (default: random inputs of the layer's
+        dtype) with the layer's representations; returns an
+        :class:`equiproj.testing.EquivarianceReport` (see :func:`equiproj.testing.check_layer`)."""
+        from ..testing import check_layer
+
+        return check_layer(self, x=x, elements=elements, rtol=rtol, raise_error=raise_error)
+
     def extra_repr(self) -> str:
         return (f"{self.in_rep.name} -> {self.out_rep.name} of {self.in_rep.group.name}, "
                 f"bias={self.bias is not None}, equivariant={self.equivariant}")

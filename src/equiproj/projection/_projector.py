@@ -11,7 +11,7 @@ from ..groups import Representation
 from ..norms import get_norm
 from ._base import ROUTES, PairProjector, RouteNotApplicable
 from ._basis import BasisPair
-from ._spatial import SpatialPair
+from ._spatial import SpatialPair, permutation_table
 from ._spectral import SpectralPair
 
 __all__ = ["Projector", "LinearProjector", "make_pair", "clear_pair_cache"]
@@ -81,6 +81,19 @@ def _steerable_pair(t_out: Representation, t_in, route: str) -> PairProjector:
     return BasisPair(t_out, t_in, Q=steerable_basis(t_out, t_in.tau, t_in.size, t_in.config))
 
 
+class _SelfAdjoint(torch.autograd.Function):
+    """``M -> P(M)`` with the backward ``g -> P(g)`` (``P`` is an orthogonal projection)."""
+
+    @staticmethod
+    def forward(ctx, M, projector):
+        ctx.projector = projector
+        return projector._project_matrix(M)
+
+    @staticmethod
+    def backward(ctx, g):
+        return ctx.projector._project_matrix(g.contiguous()), None
+
+
 class Projector:
     r"""Exact orthogonal projection of layer weights onto the equivariant subspace.
 
@@ -119,6 +132,71 @@ class Projector:
                 self._pairs[(a, b)] = factory(to, ti, route)
         self._bias: Optional["Projector"] = None
         self._cache: Dict = {}
+        self._orbit = self._build_orbit_plan(self._pairs)
+        self._orbit_any = None
+
+    def _build_orbit_plan(self, pairs):
+        """``(ids, counts)`` when every pair is an orbit mean (permutation fields, route
+        ``'spatial'``) or zero: entry ``k`` of the flattened matrix belongs to orbit ``ids[k]``,
+        and ``P(W)`` is the mean of ``W`` over each orbit (entries of zero pairs form one orbit
+        whose mean is taken as zero: ``counts`` is 0 there). ``None`` otherwise."""
+        lo, li = self.action.out_layout, self.action.in_layout
+        for p in pairs.values():
+            if p.dim != 0 and getattr(p, "mode", None) != "orbit":
+                return None
+        R, C = self.action.matrix_shape
+        ids = torch.empty(R, C, dtype=torch.long)
+        counts: List[torch.Tensor] = []
+        offset = 0
+        for a, (so, no, do) in enumerate(zip(lo.slices, lo.counts, lo.dims)):
+            for b, (si, ni, di) in enumerate(zip(li.slices, li.counts, li.dims)):
+                p = pairs[(a, b)]
+                if p.dim == 0:
+                    ids[so, si] = offset
+                    counts.append(torch.zeros(1, dtype=torch.float64))
+                    offset += 1
+                    continue
+                copy = torch.arange(no * ni).reshape(no, 1, ni, 1) * p.dim
+                orbit = p._orbit.reshape(1, do, 1, di)
+                ids[so, si] = (offset + copy + orbit).reshape(no * do, ni * di)
+                c = torch.bincount(p._orbit, minlength=p.dim).to(torch.float64)
+                counts.append(c.repeat(no * ni))
+                offset += no * ni * p.dim
+        if lo.inverse is not None:
+            ids = ids.index_select(0, lo.inverse)
+        if li.inverse is not None:
+            ids = ids.index_select(1, li.inverse)
+        return ids.reshape(-1), torch.cat(counts)
+
+    def orbit_plan(self, any_route: bool = False):
+        """The orbit plan ``(ids, counts)`` of the flattened weight matrix, or ``None`` (see
+        :meth:`_build_orbit_plan`); used by the batched penalty and the fast path of :meth:`project`.
+
+        With ``any_route`` the plan is also given when the projector chose its routes itself
+        (``route='auto'``) and every pair of field types is one of permutation fields of a finite
+        group (the same projection, computed as orbit means); an explicit route is kept."""
+        if self._orbit is not None or not any_route or self.route != "auto":
+            return self._orbit
+        if self._orbit_any is None:
+            lo, li = self.action.out_layout, self.action.in_layout
+            plan = False
+            if self.group.is_finite and all(permutation_table(t) is not None for t in lo.types + li.types):
+                try:
+                    pairs = {(a, b): make_pair(to, ti, "spatial") for a, to in enumerate(lo.types)
+                             for b, ti in enumerate(li.types)}
+                    plan = self._build_orbit_plan(pairs) or False
+                except RouteNotApplicable:  # pragma: no cover
+                    plan = False
+            self._orbit_any = plan
+        return self._orbit_any or None
+
+    @property
+    def plan_key(self) -> tuple:
+        """Equal for projectors that compute the same map on weights of the same shape."""
+        lo, li = self.action.out_layout, self.action.in_layout
+        return (type(self.action).__name__, tuple(self.action.weight_shape), self.action.matrix_shape,
+                tuple(sorted((k, id(p)) for k, p in self._pairs.items())), lo.counts, li.counts,
+                None if lo.perm is None else tuple(lo.perm.tolist()), None if li.perm is None else tuple(li.perm.tolist()))
 
     # ------------------------------------------------------------------ info
     @property
@@ -149,9 +227,14 @@ class Projector:
 
     # ------------------------------------------------------------------ projection
     def project(self, W: torch.Tensor) -> torch.Tensor:
-        """The equivariant part ``P(W)`` (same shape as ``W``; leading batch dims allowed)."""
+        """The equivariant part ``P(W)`` (same shape as ``W``; leading batch dims allowed).
+
+        Differentiable; since ``P`` is self-adjoint, the gradient of ``P(W)`` is ``P`` applied to
+        the incoming gradient, which the backward pass computes directly (one projection)."""
         self.action.check_shape(W)
         M = self.action.to_matrix(W)
+        if torch.is_grad_enabled() and M.requires_grad:
+            return self.action.from_matrix(_SelfAdjoint.apply(M, self))
         return self.action.from_matrix(self._project_matrix(M))
 
     __call__ = project
@@ -182,7 +265,11 @@ class Projector:
         """Projector for biases: onto the invariant vectors of the layer's output representation
         (``action.bias_rep``), as ``d x 1`` maps."""
         if self._bias is None:
-            self._bias = LinearProjector(self.group.trivial(), self.action.bias_rep, route="auto")
+            rep = self.action.bias_rep
+            # permutation fields: the orbit route, so that biases join the one-gather plan of the penalty
+            route = "spatial" if (self.group.is_finite and all(permutation_table(f) is not None for f, _ in
+                                                                rep.field_blocks())) else "auto"
+            self._bias = LinearProjector(self.group.trivial(), rep, route=route)
         return self._bias
 
     def project_bias(self, b: torch.Tensor) -> torch.Tensor:
@@ -202,7 +289,24 @@ class Projector:
         return self._cache[key]
 
     def _project_matrix(self, M: torch.Tensor) -> torch.Tensor:
+        if self._orbit is not None:  # one index_add and one gather for the whole matrix
+            ids = self._index("orbit_ids", self._orbit[0], M.device)
+            inv = self._cache.get(("orbit_inv", str(M.device), M.dtype))
+            if inv is None:
+                c = self._orbit[1]
+                inv = torch.where(c > 0, 1.0 / c.clamp_min(1), torch.zeros_like(c)).to(device=M.device, dtype=M.dtype)
+                self._cache[("orbit_inv", str(M.device), M.dtype)] = inv
+            flat = M.reshape(*M.shape[:-2], -1)
+            sums = flat.new_zeros(*flat.shape[:-1], inv.shape[0]).index_add(-1, ids, flat)
+            return (sums * inv).index_select(-1, ids).reshape(M.shape)
         lo, li = self.action.out_layout, self.action.in_layout
+        if len(self._pairs) == 1 and lo.perm is None and li.perm is None:  # one pair of field types
+            pair = self._pairs[(0, 0)]
+            if pair.dim == 0:
+                return torch.zeros_like(M)
+            lead = M.shape[:-2]
+            X = M.reshape(*lead, lo.counts[0], lo.dims[0], li.counts[0], li.dims[0])
+            return pair.project(X).reshape(M.shape)
         po = self._index("po", lo.perm, M.device)
         pi = self._index("pi", li.perm, M.device)
         if po is not None:

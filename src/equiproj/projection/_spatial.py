@@ -19,6 +19,24 @@ __all__ = ["SpatialPair"]
 _F64 = torch.float64
 
 
+def permutation_table(t: Representation):
+    """``t.permutation`` (``src[g, i]`` with ``(rho(g) x)[i] = x[src[g, i]]``), or, for a
+    representation of a finite group whose matrices happen to be permutation matrices (the
+    trivial irrep, ``trivial (x) grid``, ...), the table read off the matrices; else ``None``."""
+    perm = t.permutation
+    if perm is not None or not t.group.is_finite:
+        return perm
+    key = (t.group.key, t.key)
+    if key not in _PERM_TABLES:
+        R = t(t.group.elements(), dtype=_F64)
+        is_perm = bool(((R == 0) | (R == 1)).all()) and bool((R.sum(-1) == 1).all()) and bool((R.sum(-2) == 1).all())
+        _PERM_TABLES[key] = R.argmax(-1) if is_perm else None
+    return _PERM_TABLES[key]
+
+
+_PERM_TABLES: dict = {}
+
+
 class SpatialPair(PairProjector):
     """Group averaging for one pair of field types of a finite group."""
 
@@ -34,7 +52,7 @@ class SpatialPair(PairProjector):
         super().__init__(t_out, t_in)
         self.order = G.order
         self.chunk = chunk
-        so, si = t_out.permutation, t_in.permutation
+        so, si = permutation_table(t_out), permutation_table(t_in)
         if so is not None and si is not None:
             self.mode = "orbit"
             src = (so[:, :, None] * self.d_in + si[:, None, :]).reshape(G.order, -1)
@@ -56,7 +74,7 @@ class SpatialPair(PairProjector):
         G = t_out.group
         if not G.is_finite:
             return None
-        if t_out.permutation is not None and t_in.permutation is not None:
+        if permutation_table(t_out) is not None and permutation_table(t_in) is not None:
             return 40.0
         return float(G.order) * (t_out.dim + t_in.dim) + 10.0
 

@@ -23,6 +23,10 @@ __all__ = ["SpectralPair"]
 _F64 = torch.float64
 
 
+#: Largest ``d_out * d_in`` whose pair map :meth:`SpectralPair.project_copies` materialises.
+_DENSE_COPIES_MAX = 256
+
+
 class SpectralPair(PairProjector):
     """Block mask plus commutant projection in the isotypic bases of one pair of field types."""
 
@@ -50,6 +54,60 @@ class SpectralPair(PairProjector):
             self.blocks.append((oo, mo, oi, mi, psi.dim, E))
             dim += mo * mi * E.shape[0]
         self.dim = dim
+
+    def _copies_plan(self):
+        """``(mask, wide)``: ``mask`` (``d_out x d_in``, isotypic coordinates) keeps the entries of
+        blocks whose commutant is the scalars on a 1-dimensional irrep (they pass unchanged);
+        ``wide`` lists the other blocks (projected as in :meth:`project`)."""
+        plan = getattr(self, "_plan", None)
+        if plan is None:
+            mask = torch.zeros(self.d_out, self.d_in, dtype=_F64)
+            wide = []
+            for j, (oo, mo, oi, mi, k, E) in enumerate(self.blocks):
+                if k == 1 and E.shape[0] == 1:
+                    mask[oo:oo + mo, oi:oi + mi] = 1.0
+                else:
+                    wide.append((j, oo, mo, oi, mi, k, E))
+            plan = self._plan = (mask, wide)
+        return plan
+
+    def project_copies(self, X: torch.Tensor) -> torch.Tensor:
+        """:meth:`project` for copies ``X`` of shape ``(N, d_out, d_in)``.
+
+        For small pairs (``d_out d_in <= 256``) the map this route computes is materialised once,
+        as the ``(d_out d_in)^2`` matrix whose rows are the projections of the unit matrices, and
+        applied with one matrix product (many copies of a small pair are limited by the number of
+        operations, not by arithmetic); larger pairs use plain matrix products for the changes of
+        basis and a mask for the blocks of 1-dimensional irreps."""
+        N = X.shape[0]
+        n = self.d_out * self.d_in
+        if n <= _DENSE_COPIES_MAX:
+            if getattr(self, "_dense", None) is None:
+                E = torch.eye(n, dtype=_F64).reshape(n, self.d_out, self.d_in)
+                self._dense = self._project_copies(E).reshape(n, n)
+            return (X.reshape(N, n) @ self._t("dense", self._dense, X)).reshape(N, self.d_out, self.d_in)
+        return self._project_copies(X)
+
+    def _project_copies(self, X: torch.Tensor) -> torch.Tensor:
+        mask, wide = self._copies_plan()
+        N = X.shape[0]
+        Xs = X
+        if not self._id_i:
+            Xs = (Xs.reshape(N * self.d_out, self.d_in) @ self._t("Qi", self._Qi, X)).reshape(N, self.d_out, self.d_in)
+        if not self._id_o:
+            Xs = self._t("QoT", lambda: self._Qo.T.contiguous(), X) @ Xs
+        Y = Xs * self._t("mask", mask, X)
+        for j, oo, mo, oi, mi, k, E in wide:
+            B = Xs[:, oo:oo + mo * k, oi:oi + mi * k].reshape(N, mo, k, mi, k)
+            Et = self._t(("E", j), E, X)
+            c = torch.einsum("napbq,epq->nabe", B, Et) / k
+            Y[:, oo:oo + mo * k, oi:oi + mi * k] = torch.einsum("nabe,epq->napbq", c, Et).reshape(N, mo * k, mi * k)
+        if not self._id_o:
+            Y = self._t("Qo", self._Qo, X) @ Y
+        if not self._id_i:
+            Y = (Y.reshape(N * self.d_out, self.d_in) @ self._t("QiT", lambda: self._Qi.T.contiguous(), X)).reshape(
+                N, self.d_out, self.d_in)
+        return Y
 
     @classmethod
     def cost(cls, t_out, t_in):
