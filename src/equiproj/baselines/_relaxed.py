@@ -367,7 +367,9 @@ class RelaxedSteerableConv2d(nn.Module):
         self.equal_weights = bool(equal_weights)
         dtype = dtype or torch.get_default_dtype()
         basis = _equivariant_basis(self.in_field, self.out_field, kernel_size)
-        self.register_buffer("basis", basis.to(dtype=dtype, device=device), persistent=False)
+        # saved with the weights: an SVD basis is only defined up to signs and rotations, which may
+        # differ between machines, and the coefficients mean nothing without their basis
+        self.register_buffer("basis", basis.to(dtype=dtype, device=device))
         B, k2 = basis.shape[0], kernel_size ** 2
         # He-like scale: E[K^2] = 2 / fan_in on average over the basis
         std = math.sqrt(2.0 * self.out_field.dim / (self.c_in * B))
@@ -377,7 +379,7 @@ class RelaxedSteerableConv2d(nn.Module):
         R = self.out_field(self.group.elements(), dtype=torch.float64)
         U, S, _ = torch.linalg.svd(R.mean(0))
         inv = U[:, :int((S > 0.5).sum())]
-        self.register_buffer("bias_dirs", inv.T.to(dtype=dtype, device=device), persistent=False)  # (r, d_out)
+        self.register_buffer("bias_dirs", inv.T.to(dtype=dtype, device=device))  # (r, d_out)
         if bias and inv.shape[1] > 0:
             self.bias = nn.Parameter(torch.zeros(self.c_out, inv.shape[1], dtype=dtype, device=device))
         else:

@@ -54,6 +54,7 @@ with early stopping at the ``paper`` preset); the ``sel_`` columns evaluate thos
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
@@ -501,6 +502,7 @@ class SmokeExperiment(Experiment):
                     label=mdl + (f" (λ={lam:g})" if lam else "") + f", {len(curves)} seeds")
             ax.fill_between(steps, mu - sd, mu + sd, color=f"C{i % 10}", alpha=0.12, lw=0)
         ax.set_xlabel("rollout step")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel("test-future RMSE (final weights)")
         ax.legend(fontsize=7)
         ax.set_title(f"smoke {tag}: error growth along the rollout", fontsize=9)
@@ -516,7 +518,11 @@ class SmokeExperiment(Experiment):
         for r in sorted(have, key=lambda r: (r.get("seed", 0), r.get("sel_rmse_future", np.inf))):
             if r["model"] not in best:
                 best[r["model"]] = r
-        names = sorted(best)[:6]
+        def priority(name):  # unpenalised references first, then the projection penalty, then Wang's
+            return (0 if ("plain" in name or "strict" in name) and "equal" not in name else
+                    1 if "projection" in name else 2, name)
+
+        names = sorted(best, key=priority)[:6]
         arts = {n: np.load(Path(out) / "runs" / best[n]["run_id"] / "artifacts.npz") for n in names}
         truth = arts[names[0]]["truth"]
         R = truth.shape[0]
@@ -537,7 +543,7 @@ class SmokeExperiment(Experiment):
                 if i == 0:
                     ax.set_title(f"step {f}", fontsize=8)
                 if j == 0:
-                    ax.set_ylabel(name, fontsize=7)
+                    ax.set_ylabel(textwrap.fill(name, 22), fontsize=7)
         fig.colorbar(im, ax=axes, shrink=0.6, label="|v|")
         fig.suptitle(f"smoke {tag}: speed along one test-future rollout (seed 0)", fontsize=9)
         return save_figure(fig, figures_dir(out) / f"smoke_{tag}_rollouts.png")
