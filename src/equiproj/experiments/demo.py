@@ -1,4 +1,4 @@
-"""``equiproj demo``: the README's main job, about ten minutes on an idle 2-core CPU (one thread).
+"""``equiproj demo``: the README's main job, about four minutes on a 2-core CPU (one thread).
 
 It runs, at the ``ci`` preset:
 
@@ -25,9 +25,10 @@ from ._core import report, sweep
 __all__ = ["demo"]
 
 
-#: Seconds per training step and per run (data, set-up, final metrics) with one thread on an
-#: idle 2-core machine (``ci`` preset), for the time estimate printed before the demo starts.
-_STEP_SECONDS = {"so2-toy": 0.006, "vectors": 0.035}
+#: Seconds per training step and per run (data, set-up, final metrics) with one thread on a
+#: 2-core machine (``ci`` preset; measured while other jobs shared it), for the time estimate
+#: printed before the demo starts.
+_STEP_SECONDS = {"so2-toy": 0.006, "vectors": 0.02}
 _RUN_SECONDS = {"so2-toy": 1.0, "vectors": 2.0}
 
 
@@ -78,7 +79,7 @@ def demo(out: str, progress: bool = True, quick: bool = False, steps: Optional[i
                 secs += _RUN_SECONDS[name] + (cfg.steps or preset["steps"]) * _STEP_SECONDS[name]
     minutes = max(1, math.ceil(secs / 60)) if todo else 0
     _say(f"equiproj demo: {total} runs, {total - todo} already finished; about {minutes} minute(s) for the rest "
-         f"with {threads or 1} thread(s) on an idle 2-core CPU (several times longer on a busy one)", progress)
+         f"with {threads or 1} thread(s) on a 2-core CPU (longer on a busy one)", progress)
     t0 = time.perf_counter()
     rows = []
     for i, (name, grid, base) in enumerate(plan, 1):
