@@ -371,6 +371,16 @@ class VectorsExperiment(Experiment):
                 lams = sorted({r["lambda_perp"] for r in sel if r["lambda_perp"] > 0})
                 x0 = lams[0] / 10  # where lambda_perp = 0 is drawn
                 fig, ax = plt.subplots(figsize=(6.4, 4.6), layout="constrained")
+                refs = (("strict", "--", "k", lambda r: r["method"] == "strict" and r.get("arch") == arch),
+                        ("plain MLP", ":", "0.45", lambda r: r["method"] == "plain" and r.get("arch") == "mlp"),
+                        (f"free {arch} (plain)", "-.", "0.6",
+                         lambda r: r["method"] == "plain" and r.get("arch") == arch))
+                ref_vals = {name: [r[key] for r in rows if pick(r) and r.get("level") == lvl]
+                            for name, _, _, pick in refs}
+                # diverged runs (orders of magnitude above every reference) are drawn as triangles at the top
+                finite_refs = [float(np.mean(v)) for v in ref_vals.values() if v]
+                cap = 30 * max(finite_refs) if finite_refs else float("inf")
+                clipped = False
                 for i, v in enumerate(variants):
                     vs = [r for r in sel if (r["scheme"], r.get("perp_lr")) == v]
                     pts = sorted({r["lambda_perp"] for r in vs})
@@ -379,24 +389,28 @@ class VectorsExperiment(Experiment):
                     xs = [p if p > 0 else x0 for p in pts]
                     label = v[0] + ("" if v[1] is None else f" (perp_lr {v[1]:g})")
                     colour = f"C{i}"
-                    pos = [j for j, p in enumerate(pts) if p > 0]
+                    over = [j for j, p in enumerate(pts) if not m[j] <= cap]
+                    if over:
+                        clipped = True
+                        ax.plot([xs[j] for j in over], [cap] * len(over), marker="^", ls="none", ms=9, color=colour,
+                                clip_on=False)
+                    pos = [j for j, p in enumerate(pts) if p > 0 and j not in over]
                     ax.errorbar([xs[j] for j in pos], [m[j] for j in pos], yerr=[sd[j] for j in pos], marker="o",
-                                capsize=3, color=colour, label=label)
+                                capsize=3, color=colour, label=label + (" (triangles: diverged, off the scale)"
+                                                                         if over else ""))
                     if 0 in pts:
                         j = pts.index(0)
                         ax.errorbar([x0], [m[j]], yerr=[sd[j]], marker="s", mfc="white", capsize=3, color=colour)
-                for name, style, colour, pick in (
-                        ("strict", "--", "k", lambda r: r["method"] == "strict" and r.get("arch") == arch),
-                        ("plain MLP", ":", "0.45", lambda r: r["method"] == "plain" and r.get("arch") == "mlp"),
-                        (f"free {arch} (plain)", "-.", "0.6",
-                         lambda r: r["method"] == "plain" and r.get("arch") == arch)):
-                    ref = [r[key] for r in rows if pick(r) and r.get("level") == lvl]
+                for name, style, colour, _ in refs:
+                    ref = ref_vals[name]
                     if ref:
                         mu, sd = float(np.mean(ref)), float(np.std(ref))
                         ax.axhline(mu, ls=style, color=colour, lw=1.2, label=f"{name} ({len(ref)} seeds)")
                         ax.axhspan(mu - sd, mu + sd, color=colour, alpha=0.08, lw=0)
                 ax.set_xscale("log")
                 ax.set_yscale("log")
+                if clipped:
+                    ax.set_ylim(top=cap)
                 ax.set_xlabel("lambda_perp (open squares: lambda_perp = 0)")
                 ax.set_ylabel(("absolute" if key.endswith("_abs") else "relative") + " test MSE")
                 seeds = len({r["seed"] for r in sel})
