@@ -94,14 +94,17 @@ def denormalise(y):
     return y * SCALE + SHIFT
 
 
-def build_model(in_channels: int, width: int, depth: int, route: str = "auto", zero_head: bool = True) -> nn.Module:
+def build_model(in_channels: int, width: int, depth: int, route: str = "auto", zero_head: bool = True,
+                example_input: Optional[torch.Tensor] = None) -> nn.Module:
     """The residual U-Net with every convolution declared for C4 (regular hidden fields).
 
     Initialisation: He-normal 3x3 convolutions (they feed ReLUs), transposed convolutions with
     standard deviation ``1 / sqrt(c_in)``, zero biases, and (``zero_head``) a zero final 1x1
-    convolution, so that the network starts as the identity.
+    convolution, so that the network starts as the identity. ``example_input`` (one batch of the
+    images the network will see) lets :func:`equiproj.declare_model` check that the strides and
+    poolings are exact on that size instead of warning that it was not checked.
 
-    >>> net = build_model(1, width=4, depth=1)
+    >>> net = build_model(1, width=4, depth=1, example_input=torch.zeros(1, 1, 8, 8))  # checks the pooling sizes
     >>> x = torch.randn(2, 1, 8, 8)
     >>> bool(torch.equal(net(x), x))
     True
@@ -119,7 +122,7 @@ def build_model(in_channels: int, width: int, depth: int, route: str = "auto", z
                 m.bias.zero_()
         if zero_head:
             model.head.weight.zero_()
-    declare_model(model, cyclic(4), route=route)
+    declare_model(model, cyclic(4), route=route, example_input=example_input)
     return model
 
 
@@ -223,7 +226,8 @@ class CTExperiment(Experiment):
         in_ch = x_tr.shape[1]
 
         torch.manual_seed(cfg.seed)
-        model = build_model(in_ch, preset["width"], preset["depth"], route=cfg.route).to(device)
+        model = build_model(in_ch, preset["width"], preset["depth"], route=cfg.route,
+                            example_input=x_tr[:1].cpu()).to(device)  # the image size is checked, not assumed
 
         def loss_fn(m, batch):
             x, y, keep = batch
