@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 from typing import Callable, Dict, Optional
@@ -10,17 +9,10 @@ from typing import Callable, Dict, Optional
 import torch
 
 from .._io import atomic_write_json, atomic_write_text
+from ..train import device_description
 
 __all__ = ["device_description", "measure", "write_json_atomic", "write_text_atomic", "saved_tensor_bytes",
            "save_benchmark", "format_bytes"]
-
-
-def device_description(device: torch.device) -> str:
-    """Human-readable description of the device the figures were measured on."""
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}, torch {torch.__version__})"
-    proc = platform.processor() or platform.machine()
-    return f"CPU {proc}, {torch.get_num_threads()} threads (torch {torch.__version__})"
 
 
 def _sync(device: torch.device) -> None:

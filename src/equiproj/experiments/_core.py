@@ -492,7 +492,7 @@ def _train_and_measure(exp: Experiment, cfg: RunConfig, preset, preset_values, d
     }
     if distributed:
         # every rank holds the same weights: the metrics must agree, or the run is not trusted
-        from ..train import _Dist, _all_gather_object
+        from ..train._distributed import _all_gather_object, _Dist
 
         info = _Dist(True, torch.distributed.get_rank(), torch.distributed.get_world_size())
         mine = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
