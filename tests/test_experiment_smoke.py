@@ -1,7 +1,10 @@
 """The 'smoke' experiment: relaxed layers' projections against the projector of their kernels,
 strict models C4-equivariant end to end, lambda controls the defect, the command line."""
 
+import csv
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -119,6 +122,8 @@ def test_windows_and_errors():
         run(RunConfig("smoke", method="projection", preset="ci", options={"arch": "gconv"}), "/nonexistent")
     with pytest.raises(ValueError, match="case"):
         run(RunConfig("smoke", method="plain", preset="ci", options={"case": "scale"}), "/nonexistent")
+    with pytest.raises(ValueError, match="option schedule must be"):
+        run(RunConfig("smoke", method="plain", preset="ci", options={"schedule": "linear"}), "/nonexistent")
     with pytest.raises(ValueError, match="relaxed layers"):
         run(RunConfig("smoke", method="relaxed", preset="ci", options={"arch": "convnet"}), "/nonexistent")
 
@@ -152,10 +157,18 @@ def test_lambda_controls_the_defect_and_the_report(out):
 
 
 def test_cli_run_at_the_ci_preset(tmp_path, capsys):
+    """Also Wang et al.'s schedule: the learning rate times 0.95 after every epoch of windows."""
     o = str(tmp_path / "cli")
     main(["run", "smoke", "--preset", "ci", "--method", "projection", "--option", "case=rotation", "--out", o,
-          "--seed", "1", "--level", "0"])
+          "--seed", "1", "--level", "0", "--option", "schedule=step"])
     head = open(f"{o}/results.csv").readline().split(",")
     assert "rmse_future" in head and "rmse_domain" in head
+    (res_path,) = Path(o).glob("runs/*/result.json")
+    res = json.loads(res_path.read_text())
+    row = next(csv.DictReader(open(f"{o}/results.csv")))
+    per_epoch = math.ceil(int(row["n_train_windows"]) / 8)
+    assert res["config"]["schedule"] == "step" and res["config"]["lr_step_size"] == per_epoch
+    lrs = {e["step"]: e["lr"] for e in res["history"]["train"]}
+    assert per_epoch < 30 and lrs[30] == pytest.approx(2e-3 * 0.95 ** (30 // per_epoch))
     main(["report", o])
     assert "convnet projection" in open(f"{o}/report.md").read()

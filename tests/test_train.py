@@ -164,6 +164,32 @@ def test_options_schedules_and_regulariser_interface():
     assert res["amp_active"] is False
 
 
+def test_step_schedule_decays_every_lr_step_size_and_leaves_other_hashes_alone(tmp_path):
+    x, y = make_data(n=32)
+    cfg = TrainConfig(steps=9, batch_size=8, lr=0.1, schedule="step", lr_step_size=3, lr_gamma=0.5,
+                      warmup_steps=1, log_every=1, checkpoint_every=0, device="cpu")
+    res = fit(make_model(), (x, y), cfg, mse, None, progress=False)
+    lrs = [e["lr"] for e in res["history"]["train"]]  # the lr of the next step
+    expected = [0.1 * 0.5 ** ((s - 1) // 3) for s in range(1, 10)]
+    assert lrs == pytest.approx(expected)
+    # the step fields enter the hash only under the step schedule
+    assert TrainConfig(lr_gamma=0.3).hash == TrainConfig().hash
+    assert TrainConfig(schedule="step", lr_step_size=3).hash != TrainConfig(schedule="step", lr_step_size=4).hash
+    # and a resumed run under it equals an uninterrupted one
+    a, b = make_model(), make_model()
+    cfg = TrainConfig(steps=10, batch_size=8, lr=0.05, schedule="step", lr_step_size=2, lr_gamma=0.7,
+                      checkpoint_every=4, device="cpu")
+
+    def stop(step, state):
+        if step == 6:
+            raise StopTraining()
+
+    fit(a, (x, y), cfg, mse, tmp_path / "a", progress=False)
+    assert fit(b, (x, y), cfg, mse, tmp_path / "b", callbacks=[stop], progress=False)["status"] == "interrupted"
+    fit(b, (x, y), cfg, mse, tmp_path / "b", progress=False)
+    assert weights_equal(a, b)
+
+
 # ----------------------------------------------------------------------------------------------
 # checkpoint and resume
 # ----------------------------------------------------------------------------------------------
@@ -438,7 +464,11 @@ def test_ddp_two_cpu_processes_match_single_process(tmp_path):
     ("lr", 0.0, "a finite number > 0"),
     ("lr", float("nan"), "a finite number > 0"),
     ("optimizer", "lbfgs", "one of 'adam', 'adamw', 'sgd'"),
-    ("schedule", "step", "one of 'constant', 'cosine'"),
+    ("schedule", "linear", "one of 'constant', 'cosine', 'step'"),
+    ("schedule", "step", None),  # without lr_step_size: named below
+    ("lr_gamma", 1.5, "a factor in (0, 1]"),
+    ("lr_gamma", 0.0, "a finite number > 0"),
+    ("lr_step_size", -1, "an integer >= 0"),
     ("weight_decay", -1e-4, "a finite number >= 0"),
     ("eval_every", -1, "an integer >= 0"),
     ("log_every", 0, "an integer >= 1"),
@@ -454,6 +484,9 @@ def test_bad_config_values_name_the_field(field, value, expected):
     with pytest.raises(ValueError) as info:
         TrainConfig(**{field: value})
     msg = str(info.value)
+    if expected is None:  # schedule="step" needs lr_step_size: that field is named
+        assert msg.startswith("TrainConfig.lr_step_size: expected the steps between two decays")
+        return
     assert msg.startswith(f"TrainConfig.{field}: expected {expected}")
     if field != "meta":
         assert msg.endswith(f"got {value!r}")

@@ -16,7 +16,10 @@ from ._distributed import _parse_device
 __all__ = ["TrainConfig"]
 
 _OPTIMIZERS = ("adam", "adamw", "sgd")
-_SCHEDULES = ("constant", "cosine")
+_SCHEDULES = ("constant", "cosine", "step")
+#: Fields that matter only for one schedule: hashed only under it, so that adding them left the
+#: hashes of every other configuration (and so their finished and resumable runs) unchanged.
+_SCHEDULE_FIELDS = {"step": ("lr_step_size", "lr_gamma")}
 _AMP_DTYPES = ("bf16", "fp16")
 #: Fields that do not change the trained weights nor the history, left out of the config hash so
 #: that they may differ between an interrupted run and its continuation.
@@ -61,8 +64,14 @@ class TrainConfig:
         Passed to the optimiser (decoupled for ``"adamw"``).
     momentum : float
         Momentum of ``"sgd"`` (ignored otherwise).
-    schedule : {"constant", "cosine"}
-        Learning rate after warm-up: constant, or cosine decay to zero at ``steps``.
+    schedule : {"constant", "cosine", "step"}
+        Learning rate after warm-up: constant, cosine decay to zero at ``steps``, or ``"step"``:
+        multiplied by ``lr_gamma`` every ``lr_step_size`` steps (``torch.optim.lr_scheduler.StepLR``
+        counted in steps; one epoch's steps reproduce a per-epoch StepLR).
+    lr_step_size : int
+        Steps between two decays of the ``"step"`` schedule (required, >= 1, with it).
+    lr_gamma : float
+        Factor of each decay of the ``"step"`` schedule, in (0, 1].
     warmup_steps : int
         Linear warm-up from ``lr / warmup_steps`` to ``lr`` over the first steps.
     eval_every : int
@@ -103,7 +112,8 @@ class TrainConfig:
         regulariser weights, data set). It is part of the configuration hash, so a change of
         ``lambda_perp`` written here is never mistaken for a finished or resumable run.
 
-    All fields except ``checkpoint_every`` and ``num_workers`` enter :attr:`hash`.
+    All fields except ``checkpoint_every`` and ``num_workers`` enter :attr:`hash`; ``lr_step_size``
+    and ``lr_gamma`` only with ``schedule="step"``.
 
     Examples
     --------
@@ -125,6 +135,8 @@ class TrainConfig:
     momentum: float = 0.9
     schedule: str = "constant"
     warmup_steps: int = 0
+    lr_step_size: int = 0
+    lr_gamma: float = 0.95
     eval_every: int = 0
     checkpoint_every: int = 100
     log_every: int = 10
@@ -151,6 +163,12 @@ class TrainConfig:
         _check_int("warmup_steps", self.warmup_steps, 0)
         if self.warmup_steps >= self.steps and self.warmup_steps > 0:
             raise _bad("warmup_steps", f"fewer than steps={self.steps}", self.warmup_steps)
+        _check_int("lr_step_size", self.lr_step_size, 0)
+        _check_float("lr_gamma", self.lr_gamma, positive=True)
+        if self.lr_gamma > 1:
+            raise _bad("lr_gamma", "a factor in (0, 1]", self.lr_gamma)
+        if self.schedule == "step" and self.lr_step_size < 1:
+            raise _bad("lr_step_size", "the steps between two decays (>= 1) with schedule='step'", self.lr_step_size)
         for name in ("eval_every", "checkpoint_every", "num_workers"):
             _check_int(name, getattr(self, name), 0)
         _check_int("log_every", self.log_every, 1)
@@ -208,6 +226,10 @@ class TrainConfig:
         d = self.to_dict()
         for k in _UNHASHED_FIELDS:
             d.pop(k, None)
+        for schedule, names in _SCHEDULE_FIELDS.items():
+            if self.schedule != schedule:
+                for k in names:
+                    d.pop(k, None)
         return d
 
     @property

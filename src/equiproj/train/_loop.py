@@ -125,12 +125,15 @@ def _make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
 
 
 def _lr_factor(config: TrainConfig) -> Callable[[int], float]:
-    steps, warm, cosine = config.steps, config.warmup_steps, config.schedule == "cosine"
+    """The learning-rate multiplier at each step: linear warm-up, then constant, cosine or step decay."""
+    steps, warm, schedule = config.steps, config.warmup_steps, config.schedule
 
     def factor(step: int) -> float:
         if warm and step < warm:
             return (step + 1) / warm
-        if not cosine:
+        if schedule == "step":
+            return config.lr_gamma ** ((step - warm) // config.lr_step_size)
+        if schedule != "cosine":
             return 1.0
         t = min(max(step - warm, 0), steps - warm) / max(steps - warm, 1)
         return 0.5 * (1.0 + math.cos(math.pi * t))
