@@ -198,3 +198,31 @@ def test_demo_quick(tmp_path):
     assert "# equiproj demo" in text and "## vectors" in text and "Per-layer report" in text
     figs = list((tmp_path / "figures").glob("*.png"))
     assert len(figs) >= 3
+
+
+def test_method_options_come_from_the_method_class_not_its_name():
+    """A method registered by a user gets --lambda-perp / --lambda-G / --k through the names its
+    class declares (``weight_option``, ``second_weight_option``, option ``k``)."""
+    from equiproj.baselines import METHODS, Method, register_method
+    from equiproj.experiments._core import method_options, sweep_configs, takes_weight
+
+    @register_method("test-weighted-sampler")
+    class _Dummy(Method):
+        name = "test-weighted-sampler"
+        weight_option = "alpha"
+        second_weight_option = "beta"
+        _options = ("alpha", "beta", "k")
+
+    try:
+        cfg = RunConfig("so2-toy", method="test-weighted-sampler", lambda_perp=0.3, lambda_G=0.2, k=3, seed=4)
+        assert method_options(cfg) == {"alpha": 0.3, "beta": 0.2, "k": 3, "seed": 4}
+        cfg0 = RunConfig("so2-toy", method="test-weighted-sampler", lambda_perp=0.3)
+        assert method_options(cfg0) == {"alpha": 0.3, "k": 1, "seed": 0}  # the second weight only when positive
+        assert takes_weight("test-weighted-sampler") and not takes_weight("strict")
+        assert method_options(RunConfig("so2-toy", method="strict", lambda_perp=0.0)) == {"seed": 0}
+        # a sweep runs plain once whatever the lambdas, and the weighted method once per lambda
+        cfgs = sweep_configs("so2-toy", {"method": ["plain", "projection"], "lambda_perp": [1e-2, 1e-1]})
+        assert sorted((c.method, c.lambda_perp) for c in cfgs) == [("plain", 0.0), ("projection", 1e-2),
+                                                                   ("projection", 1e-1)]
+    finally:
+        METHODS.pop("test-weighted-sampler", None)

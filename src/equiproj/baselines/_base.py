@@ -43,6 +43,11 @@ class Method:
     #: The option that weighs the method's penalty (``None`` when it has none), e.g. ``"lambda_perp"``;
     #: experiments sweep this option without knowing the method's name.
     weight_option: Optional[str] = None
+    #: A second weight an experiment may set (``--lambda-G``) when it is positive, e.g. ``"lambda_G"``
+    #: of the projection penalty or ``"lambda_eq"`` of RPP; ``None`` when there is none.
+    second_weight_option: Optional[str] = None
+    #: The option that takes a penalty norm of :mod:`equiproj.norms` (``--norm``), or ``None``.
+    norm_option: Optional[str] = None
     #: The options the method accepts (besides :data:`equiproj.baselines.SHARED_OPTIONS`).
     _options: tuple = ()
 
@@ -118,7 +123,9 @@ def available_methods() -> List[str]:
 
 def method_info(name: str) -> dict:
     """What an experiment needs to know about a method without naming it:
-    ``{"weight_option", "needs_data", "options", "starts_equivariant"}``.
+    ``{"weight_option", "second_weight_option", "norm_option", "needs_data", "samples",
+    "has_scheme", "options", "starts_equivariant"}``: ``samples`` when it draws ``k`` group
+    elements (option ``k``), ``has_scheme`` when it has a training scheme (option ``scheme``).
 
     Examples
     --------
@@ -128,8 +135,13 @@ def method_info(name: str) -> dict:
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}: choose one of {', '.join(available_methods())}")
     cls = METHODS[name]
-    return {"weight_option": getattr(cls, "weight_option", None), "needs_data": bool(getattr(cls, "needs_batch", False)),
-            "options": tuple(getattr(cls, "_options", ())), "starts_equivariant": getattr(cls, "starts_equivariant", True)}
+    options = tuple(getattr(cls, "_options", ()))
+    return {"weight_option": getattr(cls, "weight_option", None),
+            "second_weight_option": getattr(cls, "second_weight_option", None),
+            "norm_option": getattr(cls, "norm_option", None),
+            "needs_data": bool(getattr(cls, "needs_batch", False)), "samples": "k" in options,
+            "has_scheme": "scheme" in options, "options": options,
+            "starts_equivariant": getattr(cls, "starts_equivariant", True)}
 
 
 def make_method(name: str, model: nn.Module, **options) -> Method:
@@ -212,6 +224,8 @@ class ProjectionMethod(Method):
 
     name = "projection"
     weight_option = "lambda_perp"
+    second_weight_option = "lambda_G"
+    norm_option = "norm"
     _options = ("lambda_perp", "lambda_G", "norm", "include_bias", "scheme", "perp_lr")
 
     def __init__(self, model, lambda_perp: float = 1e-2, lambda_G: float = 0.0, norm="fro",

@@ -165,6 +165,7 @@ class RPPMethod(Method):
     name = "rpp"
     needs_batch = False
     weight_option = "lambda_free"
+    second_weight_option = "lambda_eq"
     _options = ("lambda_eq", "lambda_free")
 
     def __init__(self, model: nn.Module, lambda_eq: float = 1e-6, lambda_free: float = 1e-2, **unknown):

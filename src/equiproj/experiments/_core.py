@@ -27,26 +27,37 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from .._io import (atomic_write_json, atomic_write_text, check_writable_folder, folder_lock,
                    remove_stale_temp_files)
-from ..baselines import METHODS, make_method
+from ..baselines import METHODS, make_method, method_info
 from ..regularise import DEFAULT_PERP_LR, DEFAULT_SCHEME, SCHEMES
 from ..train import (CHECKPOINT_NAME, MODEL_NAME, RESULT_NAME, RunFolderError, TrainConfig, fit, is_main_process,
                      load_best_model, seed_everything, select_device)
 
-__all__ = ["RunConfig", "takes_scheme", "Setup", "Experiment", "register_experiment", "get_experiment", "available_experiments",
+__all__ = ["RunConfig", "takes_scheme", "takes_weight",
+           "Setup", "Experiment", "register_experiment", "get_experiment", "available_experiments",
            "run", "sweep", "collect", "scan", "report", "method_options", "parse_shard", "BadRunFolders",
            "run_folder", "sweep_configs", "ExperimentError", "EXPERIMENTS"]
 
-#: Methods that draw ``k`` group elements per step (``--k``).
-SAMPLING_METHODS = ("sample-output", "eqreg", "weight-sample")
-#: Methods that take a penalty norm (``--norm``).
-NORM_METHODS = ("projection",)
+
+
+def _methods_where(key: str) -> Tuple[str, ...]:
+    """The registered methods whose :func:`equiproj.baselines.method_info` has ``key`` set."""
+    return tuple(m for m in sorted(METHODS) if method_info(m)[key])
+
+
+def takes_weight(method: str) -> bool:
+    """Whether ``method`` has a penalty weight (``--lambda-perp``); ``plain`` and ``strict`` have none.
+
+    >>> takes_weight("rpp"), takes_weight("strict")
+    (True, False)
+    """
+    return method in METHODS and method_info(method)["weight_option"] is not None
 
 
 class ExperimentError(RuntimeError):
@@ -86,7 +97,7 @@ EXPERIMENTS: Dict[str, "Experiment"] = {}
 
 def takes_scheme(method: str) -> bool:
     """Whether ``method`` has a training scheme (its class lists a ``scheme`` option)."""
-    return "scheme" in getattr(METHODS.get(method), "_options", ())
+    return method in METHODS and method_info(method)["has_scheme"]
 
 
 @dataclass
@@ -209,12 +220,12 @@ class Experiment:
                 raise ValueError(f"{nm} ({flag}) must be a finite number >= 0, got {v!r}")
         if isinstance(cfg.k, bool) or not isinstance(cfg.k, int) or cfg.k < 1:
             raise ValueError(f"k (--k, sampled group elements) must be an integer >= 1, got {cfg.k!r}")
-        if cfg.k != 1 and cfg.method not in SAMPLING_METHODS:
-            raise ValueError(f"k (--k) applies to the sampling methods {', '.join(SAMPLING_METHODS)} only, not to "
-                             f"method {cfg.method!r}: leave --k out")
-        if cfg.norm != "fro" and cfg.method not in NORM_METHODS:
-            raise ValueError(f"norm (--norm) applies to the method(s) {', '.join(NORM_METHODS)} only, not to method "
-                             f"{cfg.method!r}: leave --norm out")
+        if cfg.k != 1 and not method_info(cfg.method)["samples"]:
+            raise ValueError(f"k (--k) applies to the sampling methods {', '.join(_methods_where('samples'))} only, "
+                             f"not to method {cfg.method!r}: leave --k out")
+        if cfg.norm != "fro" and not method_info(cfg.method)["norm_option"]:
+            raise ValueError(f"norm (--norm) applies to the method(s) {', '.join(_methods_where('norm_option'))} only, "
+                             f"not to method {cfg.method!r}: leave --norm out")
         if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or cfg.seed < 0:
             raise ValueError(f"seed (--seed) must be an integer >= 0, got {cfg.seed!r}")
         if cfg.level is not None and (isinstance(cfg.level, bool) or not isinstance(cfg.level, (int, float))
@@ -280,28 +291,32 @@ def _load_builtin() -> None:
 
 
 def method_options(cfg: RunConfig) -> Dict[str, Any]:
-    """The options a run passes to :func:`equiproj.baselines.make_method`.
+    """The options a run passes to :func:`equiproj.baselines.make_method`, read from the
+    method's :func:`~equiproj.baselines.method_info` rather than its name.
 
-    ``lambda_perp`` is every method's main weight: the projection penalty's ``lambda_perp``
-    (with ``lambda_G`` and ``norm``), ``lambda_`` of the sample-based methods, PER and the
-    relaxed convolutions (with ``k`` sampled elements where it applies), and ``lambda_free`` of
-    RPP (``lambda_G``, when positive, is RPP's ``lambda_eq``). ``plain`` and ``strict`` take none.
+    ``lambda_perp`` (``--lambda-perp``) is every method's main weight (``weight_option``: the
+    projection penalty's ``lambda_perp``, ``lambda_`` of the sample-based methods, PER and the
+    relaxed convolutions, ``lambda_free`` of RPP); ``lambda_G`` (``--lambda-G``), when positive,
+    is the second weight (``second_weight_option``: the projection penalty's ``lambda_G``, RPP's
+    ``lambda_eq``). ``norm`` goes to methods with a ``norm_option``, ``k`` to the sampling
+    methods, ``scheme`` and ``perp_lr`` to methods with a training scheme. ``plain`` and
+    ``strict`` take only the seed.
     """
-    m = cfg.method
-    if m == "projection":
-        opts = dict(lambda_perp=cfg.lambda_perp, lambda_G=cfg.lambda_G, norm=cfg.norm)
+    info = method_info(cfg.method)
+    opts: Dict[str, Any] = {}
+    if info["weight_option"]:
+        opts[info["weight_option"]] = cfg.lambda_perp
+    if info["second_weight_option"] and cfg.lambda_G > 0:
+        opts[info["second_weight_option"]] = cfg.lambda_G
+    if info["norm_option"]:
+        opts[info["norm_option"]] = cfg.norm
+    if info["samples"]:
+        opts["k"] = cfg.k
+    if info["has_scheme"]:
         if cfg.scheme is not None:
             opts["scheme"] = cfg.scheme
         if cfg.perp_lr is not None:
             opts["perp_lr"] = cfg.perp_lr
-    elif m in ("sample-output", "eqreg", "weight-sample"):
-        opts = dict(lambda_=cfg.lambda_perp, k=cfg.k)
-    elif m in ("per", "relaxed"):
-        opts = dict(lambda_=cfg.lambda_perp)
-    elif m == "rpp":
-        opts = dict(lambda_free=cfg.lambda_perp, **({"lambda_eq": cfg.lambda_G} if cfg.lambda_G > 0 else {}))
-    else:
-        opts = {}
     opts["seed"] = cfg.seed
     return opts
 
@@ -564,16 +579,16 @@ def sweep_configs(experiment: str, grid: Dict[str, Sequence[Any]], base: Optiona
     for combo in _grid(grid):
         fields_ = {**base, **combo}
         method = fields_.get("method", "projection")
-        if method in ("plain", "strict"):
+        if not takes_weight(method):
             fields_["lambda_perp"] = 0.0
             fields_["lambda_G"] = 0.0
         if not takes_scheme(method):
             fields_["scheme"] = None
         if fields_.get("scheme") not in (None, "split", "split-proximal"):
             fields_["perp_lr"] = None
-        if method not in SAMPLING_METHODS:
+        if method not in METHODS or not method_info(method)["samples"]:
             fields_["k"] = 1
-        if method not in NORM_METHODS:
+        if method not in METHODS or not method_info(method)["norm_option"]:
             fields_["norm"] = "fro"
         try:
             cfg = RunConfig(experiment=experiment, **fields_)
@@ -787,7 +802,7 @@ def defect_history_section(rows: List[Dict[str, Any]], out: Path, experiment: st
         for k in varying:
             v = r["config"]["options"].get(k[4:]) if k.startswith("opt:") else r.get(k)
             name = {"lambda_perp": "λ⊥", "lambda_G": "λG"}.get(k, k[4:] if k.startswith("opt:") else k)
-            if v is None or (k in ("lambda_perp", "lambda_G") and r.get("method") in ("plain", "strict")):
+            if v is None or (k in ("lambda_perp", "lambda_G") and not takes_weight(r.get("method"))):
                 continue
             parts.append(str(v) if k in ("method", "scheme") else f"{name}={v:g}" if isinstance(v, float)
                          else f"{name}={v}")

@@ -57,7 +57,7 @@ from ..models import UNet2d
 from ..regularise import declare_model, report as layer_report
 from ..train import TrainConfig
 from ._core import (Experiment, RunConfig, Setup, figures_dir, group_rows, markdown_table, register_experiment,
-                    run_folder, save_figure)
+                    run_folder, save_figure, takes_weight)
 
 __all__ = ["CTExperiment", "SYMMETRY_SETTINGS", "normalise", "denormalise", "build_model",
            "ct_data_config"]
@@ -404,7 +404,7 @@ class CTExperiment(Experiment):
             name = r["variant"]
             if r["method"] in _SAMPLE_METHODS:
                 name = f"{r['method']} k={r['k']}"
-            weighted = r["method"] in ("plain", "strict") or r["lambda_perp"] > 0
+            weighted = not takes_weight(r["method"]) or r["lambda_perp"] > 0
             if name not in best or (weighted, r["psnr"]) > (best_w[name], best[name]["psnr"]):
                 best[name], best_w[name] = r, weighted
         order = sorted(best, key=lambda n: (_METHOD_ORDER.get(n.split()[0], 9), n))
@@ -535,10 +535,10 @@ def _annotate(r: Dict[str, Any]) -> None:
         r["variant"] = f"{m} k={r['k']}"
     else:
         r["variant"] = m
-    r["lam"] = None if m in ("plain", "strict") else r["lambda_perp"]
+    r["lam"] = None if not takes_weight(m) else r["lambda_perp"]
     t = r.get("time_per_step_s")
     r["time_ms"] = None if t is None else 1000.0 * t
 
 
 def _short(name: str, r: Dict[str, Any]) -> str:
-    return name if r["method"] in ("plain", "strict") else f"{name} λ={r['lambda_perp']:g}"
+    return name if not takes_weight(r["method"]) else f"{name} λ={r['lambda_perp']:g}"

@@ -71,7 +71,7 @@ from ..metrics import equivariance_error
 from ..regularise import declare_model, declared_layers, report as layer_report
 from ..train import TrainConfig
 from ._core import (Experiment, RunConfig, Setup, figures_dir, group_rows, markdown_table, register_experiment,
-                    save_figure)
+                    save_figure, takes_weight)
 
 __all__ = ["SmokeExperiment", "SmokeForecaster", "build_net", "ARCHES", "rollout", "smoke_windows"]
 
@@ -453,7 +453,7 @@ class SmokeExperiment(Experiment):
             return None
         fig, axes = plt.subplots(2, 2, figsize=(10.5, 6.6), constrained_layout=True, sharex=True)
         models = sorted({r["model"] for r in pen})
-        refs = sorted({r["model"] for r in rows if r["method"] in ("plain", "strict")})
+        refs = sorted({r["model"] for r in rows if not takes_weight(r["method"])})
         panels = [(axes[0, 0], "sel_rmse_future", "test-future, selected weights"),
                   (axes[0, 1], "sel_rmse_domain", "test-domain, selected weights"),
                   (axes[1, 0], "rmse_future", "test-future, final weights"),

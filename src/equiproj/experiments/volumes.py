@@ -51,7 +51,7 @@ from ..metrics import equivariance_error
 from ..nn import FieldBatchNorm, GatedNonlinearity, RepConv3d
 from ..regularise import report as layer_report
 from ..train import TrainConfig
-from ._core import Experiment, RunConfig, Setup, figures_dir, markdown_table, register_experiment, save_figure
+from ._core import Experiment, RunConfig, Setup, figures_dir, markdown_table, register_experiment, save_figure, takes_weight
 
 __all__ = ["ResNet3d", "gated_field", "odd_size", "VolumesExperiment", "multiclass_auc", "cube_elements"]
 
@@ -427,7 +427,7 @@ class VolumesExperiment(Experiment):
         rows = [dict(r) for r in rows]
         for r in rows:
             r["variant"] = f"{r.get('group', '?')}, {r.get('opt_norm', 'field')} norms"
-            if r.get("method") in ("plain", "strict"):  # no penalty weight nor norm
+            if not takes_weight(r.get("method")):  # no penalty weight nor norm
                 r["lambda_perp"], r["norm"] = None, None
         labels = {"rotation": "data rotation", "lambda_perp": "λ⊥",
                   "sel_accuracy": "sel. acc.", "sel_auc": "sel. AUC", "accuracy": "last acc.",
