@@ -86,6 +86,36 @@ def test_multihead_attention_constrain_split_and_errors():
         declare(nn.MultiheadAttention(8, 2, kdim=4, vdim=4), emb, emb)
 
 
+@pytest.mark.parametrize("method", ["rpp", "per", "weight-sample"])
+def test_weight_based_baselines_use_the_adapters_tensor_names(method):
+    """RPP, PER and weight-sample read the layer's declared tensors through its adapter, so
+    nn.MultiheadAttention's in_proj_weight / in_proj_bias work like any weight."""
+    from equiproj.baselines import make_method
+
+    mha, emb = _attention()
+    model = nn.Sequential(mha.out_proj)  # a container holding both declared layers
+    model.add_module("attn", mha)
+    opts = {"rpp": {"lambda_free": 1.0}, "per": {"lambda_": 1.0}, "weight-sample": {"lambda_": 1.0, "k": 3}}[method]
+    m = make_method(method, model, init="keep", **opts)
+    first = float(m.penalty().detach())
+    if method == "rpp":  # the free paths start at zero on the in_proj tensors too
+        names = {n for n, _ in mha.named_parameters()}
+        assert "parametrizations.in_proj_weight.original" in names and "parametrizations.in_proj_bias.original" in names
+        free = m.free_parameters()
+        assert len(free) == 4 and float(m.free_sq()) == 0 and first > 0  # both layers; the broad prior on P(A)
+        with torch.no_grad():
+            for p in free:
+                p.add_(0.1)
+        assert float(m.free_sq().detach()) == pytest.approx(0.01 * sum(p.numel() for p in free))
+    else:
+        assert first > 1e-3  # random weights are not equivariant
+        project_(model)
+        assert float(m.penalty().detach()) < 1e-10 * max(first, 1.0)
+    f = lambda x: mha(x, x, x, need_weights=False)[0]  # noqa: E731
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    assert torch.isfinite(f(x)).all()
+
+
 def test_a_new_layer_type_is_one_adapter():
     class Dense(nn.Module):
         def __init__(self, n_in, n_out):

@@ -11,7 +11,7 @@ from ..actions import HomAction, KernelAction, WeightAction
 from ..groups import Group
 from ..regularise import declared_layers
 from ._base import Method, register_method
-from ._util import check_options, nonneg_float
+from ._util import check_options, layer_bias, layer_weight, nonneg_float
 
 __all__ = ["PERMethod", "dense_projector", "dense_bias_projector", "DenseMatrixTooLarge", "check_subgroup"]
 
@@ -228,18 +228,13 @@ class PERMethod(Method):
         self.matrices: Dict[str, List[torch.Tensor]] = {}
         self.bias_matrices: Dict[str, Optional[List[torch.Tensor]]] = {}
         for name, m, spec in self.layers:
-            w = m.weight
+            w = layer_weight(m, spec)
             key = name or "<model>"
             self.matrices[key] = [dense_projector(spec.projector.action, s, dtype=w.dtype, device=w.device)
                                   for s in self.subgroups]
-            b = self._bias_of(m, spec)
+            b = layer_bias(m, spec, self.include_bias)
             self.bias_matrices[key] = None if b is None else [
                 dense_bias_projector(spec.projector.action, s, dtype=b.dtype, device=b.device) for s in self.subgroups]
-
-    def _bias_of(self, m, spec):
-        b = getattr(m, "bias", None)
-        use = spec.include_bias if self.include_bias is None else self.include_bias
-        return b if (use and isinstance(b, torch.Tensor)) else None
 
     def _check_memory(self) -> None:
         total, biggest = 0, None
@@ -251,11 +246,12 @@ class PERMethod(Method):
                                  "the group does not act on the kernel grid by permutations, so PER has no dense "
                                  "projection matrix for it; use method 'projection'")
             D = action.matrix_shape[0] * action.matrix_shape[1]
-            one = D * D * m.weight.element_size()
+            w = layer_weight(m, spec)
+            one = D * D * w.element_size()
             if one > self.max_bytes:
                 raise DenseMatrixTooLarge(
                     f"method {self.name!r}: the dense projection matrix of layer '{name}' is {D} x {D} "
-                    f"({_fmt_bytes(one)} in {m.weight.dtype}), above max_bytes = {_fmt_bytes(self.max_bytes)}; "
+                    f"({_fmt_bytes(one)} in {w.dtype}), above max_bytes = {_fmt_bytes(self.max_bytes)}; "
                     "use method 'projection' (the same penalty without dense matrices) or raise max_bytes"
                 )
             total += n * one
@@ -300,12 +296,12 @@ class PERMethod(Method):
         res = {}
         for name, m, spec in self.layers:
             key = name or "<model>"
-            v = spec.projector.action.to_matrix(m.weight).reshape(-1)
+            v = spec.projector.action.to_matrix(layer_weight(m, spec)).reshape(-1)
             t = None
             for a, P in zip(self.alphas, self._like(self.matrices[key], v)):
                 r = a * (v - P @ v).pow(2).sum()
                 t = r if t is None else t + r
-            b = self._bias_of(m, spec)
+            b = layer_bias(m, spec, self.include_bias)
             if b is not None and self.bias_matrices[key] is not None:
                 for a, Q in zip(self.alphas, self._like(self.bias_matrices[key], b)):
                     t = t + a * (b - Q @ b).pow(2).sum()

@@ -11,7 +11,7 @@ from torch.nn.utils import parametrize
 from ..projection import Projector
 from ..regularise import declared_layers, initialise_
 from ._base import Method, register_method
-from ._util import check_options, nonneg_float
+from ._util import check_options, layer_weight, nonneg_float
 
 __all__ = ["ResidualPathway", "rpp_", "rpp_paths", "RPPMethod"]
 
@@ -76,8 +76,8 @@ def rpp_(model: nn.Module, init: str = "projected") -> nn.Module:
     if not layers:
         raise ValueError("method 'rpp': the model has no declared layers: build it from equiproj.nn layers or call "
                          "equiproj.declare_model(model, group) first")
-    for name, m, _ in layers:
-        for pname in ("weight", "bias"):
+    for name, m, spec in layers:
+        for pname in (spec.weight_name, spec.bias_name):
             if parametrize.is_parametrized(m, pname):
                 raise ValueError(f"method 'rpp': the {pname} of layer '{name or '<model>'}' is already parametrised "
                                  "(e.g. equivariant=True or constrain_); RPP needs an unconstrained layer")
@@ -87,32 +87,43 @@ def rpp_(model: nn.Module, init: str = "projected") -> nn.Module:
     initialise_(model, init)
     for _, m, spec in layers:
         P = spec.projector
-        w = m.weight
-        parametrize.register_parametrization(m, "weight", ResidualPathway(P, w.shape, dtype=w.dtype, device=w.device))
-        b = getattr(m, "bias", None)
+        w = layer_weight(m, spec)
+        parametrize.register_parametrization(m, spec.weight_name, ResidualPathway(P, w.shape, dtype=w.dtype,
+                                                                                  device=w.device))
+        b = getattr(m, spec.bias_name, None)
         if isinstance(b, torch.Tensor):
-            parametrize.register_parametrization(m, "bias", ResidualPathway(P, b.shape, bias=True, dtype=b.dtype,
-                                                                            device=b.device))
+            parametrize.register_parametrization(m, spec.bias_name, ResidualPathway(P, b.shape, bias=True, dtype=b.dtype,
+                                                                                    device=b.device))
     with torch.no_grad():  # the weights are projected: the free paths start at exactly zero
         for p in _free_params(layers):
             p.zero_()
     return model
 
 
+def _pathway_names(module: nn.Module) -> List[str]:
+    """The parametrised tensors of ``module`` that carry a residual pathway (weight first)."""
+    plists = getattr(module, "parametrizations", None)
+    if plists is None:
+        return []
+    names = [n for n, plist in plists.items() if any(isinstance(p, ResidualPathway) for p in plist)]
+    return sorted(names, key=lambda n: getattr(next(p for p in plists[n] if isinstance(p, ResidualPathway)), "bias"))
+
+
 def _free_params(layers) -> List[nn.Parameter]:
-    return [p.free for _, m, _ in layers for pname in ("weight", "bias") if parametrize.is_parametrized(m, pname)
+    return [p.free for _, m, _ in layers for pname in _pathway_names(m)
             for p in getattr(m.parametrizations, pname) if isinstance(p, ResidualPathway)]
 
 
 def rpp_paths(module: nn.Module) -> List[Tuple[str, torch.Tensor, torch.Tensor]]:
-    """``[(param name, P(A), B)]`` of a layer with residual pathways (differentiable)."""
+    """``[(param name, P(A), B)]`` of a layer with residual pathways (differentiable); the names
+    are the adapter's (``weight`` / ``bias``, ``in_proj_weight`` / ``in_proj_bias`` of
+    ``nn.MultiheadAttention``)."""
     out = []
-    for pname in ("weight", "bias"):
-        if parametrize.is_parametrized(module, pname):
-            plist = getattr(module.parametrizations, pname)
-            for p in plist:
-                if isinstance(p, ResidualPathway):
-                    out.append((pname, p.equivariant(plist.original), p.free))
+    for pname in _pathway_names(module):
+        plist = getattr(module.parametrizations, pname)
+        for p in plist:
+            if isinstance(p, ResidualPathway):
+                out.append((pname, p.equivariant(plist.original), p.free))
     return out
 
 

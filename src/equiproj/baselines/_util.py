@@ -21,12 +21,26 @@ from ..groups import Group, Representation
 from ..metrics import rep_action
 
 __all__ = ["SHARED_OPTIONS", "check_options", "nonneg_float", "pos_int", "as_action", "infer_group",
-           "default_input_fn", "ElementSampler", "grid_symmetries", "param_like"]
+           "default_input_fn", "ElementSampler", "grid_symmetries", "param_like", "layer_weight", "layer_bias"]
 
 #: Options an experiment may pass to every method; methods that do not use them ignore them.
 SHARED_OPTIONS = frozenset({"seed", "act_in", "act_out", "group", "input_fn", "init"})
 
 _F64 = torch.float64
+
+
+def layer_weight(m: torch.nn.Module, spec) -> torch.Tensor:
+    """The declared weight of layer ``m`` (``spec.weight_name``: ``weight``, ``in_proj_weight`` of
+    ``nn.MultiheadAttention``, ...), as its adapter names it."""
+    return getattr(m, spec.weight_name)
+
+
+def layer_bias(m: torch.nn.Module, spec, include_bias: Optional[bool] = None) -> Optional[torch.Tensor]:
+    """The bias of layer ``m`` when it is penalised (``include_bias``, default the declaration's),
+    else ``None``."""
+    from ..regularise import _penalised_bias
+
+    return getattr(m, spec.bias_name) if _penalised_bias(m, spec, include_bias) else None
 
 
 def check_options(method: str, unknown: dict, known: Iterable[str]) -> None:

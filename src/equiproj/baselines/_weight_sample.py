@@ -10,7 +10,7 @@ from torch import nn
 from ..actions import KernelAction
 from ..regularise import declared_layers
 from ._base import Method, register_method
-from ._util import ElementSampler, check_options, grid_symmetries, nonneg_float, pos_int
+from ._util import ElementSampler, check_options, grid_symmetries, layer_bias, layer_weight, nonneg_float, pos_int
 
 __all__ = ["WeightSampleMethod"]
 
@@ -110,11 +110,6 @@ class WeightSampleMethod(Method):
             else:
                 self.pools[name] = G.elements() if G.is_finite else None
 
-    def _bias_of(self, m, spec):
-        b = getattr(m, "bias", None)
-        use = spec.include_bias if self.include_bias is None else self.include_bias
-        return b if (use and isinstance(b, torch.Tensor)) else None
-
     def terms(self) -> Dict[str, torch.Tensor]:
         """Per layer ``mean_i ||g_i . W - W||^2 (+ bias term)`` (differentiable, before ``lambda_``)."""
         res = {}
@@ -122,9 +117,9 @@ class WeightSampleMethod(Method):
             action = spec.projector.action
             g = self.sampler.sample(spec.group, self.k, self.include_identity, pool=self.pools[name])
             n = g.shape[0]
-            W = m.weight
+            W = layer_weight(m, spec)
             t = (action.act(g, W) - W.unsqueeze(0)).pow(2).sum()
-            b = self._bias_of(m, spec)
+            b = layer_bias(m, spec, self.include_bias)
             if b is not None:
                 R = action.bias_rep(g, dtype=b.dtype).to(b.device)
                 t = t + (torch.einsum("nij,j->ni", R, b) - b).pow(2).sum()
