@@ -50,6 +50,67 @@ def dense(P, W):
 # ------------------------------------------------------------------ split parametrisation
 
 
+def test_split_layers_are_evaluated_together_inside_cached(dtype):
+    """Inside parametrize.cached() every split tensor of a split_ call comes from one batched
+    node (orbit-mean layers and the others); values and gradients equal the layer-by-layer path,
+    a deep copy has its own group, and a layer that leaves the group makes the rest fall back."""
+    import copy
+
+    from equiproj.projection import _batched
+
+    def build():
+        torch.manual_seed(3)
+        S = so3()
+        return nn.Sequential(RepLinear(2 * R, 3 * R), nn.ReLU(), RepLinear(3 * R, 2 * R),
+                             RepLinear(2 * S.trivial() + S.standard(), S.trivial() + S.irrep(2)).to(dtype)).to(dtype)
+
+    net = build()
+    split_(net)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x1, x2 = torch.randn(4, 8, dtype=dtype), torch.randn(4, 5, dtype=dtype)
+
+    def loss_and_grads(model, cached):
+        model.zero_grad()
+        ctx = parametrize.cached() if cached else torch.enable_grad()
+        with ctx:
+            loss = model[:3](x1).pow(2).sum() + model[3](x2).pow(3).sum()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    calls = []
+    orig = _batched._SplitFn.apply
+    _batched._SplitFn.apply = lambda *a: calls.append(1) or orig(*a)
+    try:
+        l_alone, g_alone = loss_and_grads(net, cached=False)
+        assert not calls
+        l_batch, g_batch = loss_and_grads(net, cached=True)
+        assert len(calls) == 1  # one node for the 6 split tensors (3 weights, 3 biases)
+    finally:
+        _batched._SplitFn.apply = orig
+    assert torch.allclose(l_batch, l_alone, rtol=TOL[dtype], atol=TOL[dtype])
+    for a, b in zip(g_batch, g_alone):
+        assert torch.allclose(a, b, rtol=TOL[dtype], atol=TOL[dtype])
+
+    twin = copy.deepcopy(net)  # its own group, over its own layers
+    group = twin[0].parametrizations.weight[0].group
+    assert group is not net[0].parametrizations.weight[0].group and group.members[0][0] is twin[0]
+    with torch.no_grad():
+        twin[0].parametrizations.weight.original1.add_(torch.randn_like(twin[0].parametrizations.weight.original1))
+    expect = [m.weight.detach().clone() for m in (twin[0], twin[2])]  # alone, outside the context
+    with parametrize.cached():  # (torch's own cache is keyed by the original module: one model per context)
+        for m, W in zip((twin[0], twin[2]), expect):
+            assert torch.allclose(m.weight, W, atol=TOL[dtype])
+    unconstrain_(twin[0])  # twin[0] leaves the group: the others are computed alone, correctly
+    with parametrize.cached():
+        W2 = twin[2].weight
+    pl = twin[2].parametrizations.weight
+    assert torch.allclose(W2, twin[2].projector.project(pl.original0 - pl.original1) + pl.original1,
+                          atol=TOL[dtype])
+
+
+
 @pytest.mark.parametrize("make", [c4_net, so3_layer], ids=["C4", "SO3"])
 def test_split_parts_gradients_and_start(make, dtype):
     net = make(dtype)

@@ -37,7 +37,7 @@ from .actions import adapter_for, supported_types
 from .groups import Representation
 from .norms import Frobenius, FrobeniusSquared, Norm, SpectralNorm, get_norm
 from .projection import Projector
-from .projection._batched import BatchedFrobenius, BatchEntry, safe_sqrt
+from .projection._batched import BatchedFrobenius, BatchedSplit, BatchEntry, safe_sqrt
 
 __all__ = [
     "LayerSpec", "declare", "declare_model", "declared_layers", "ProjectionRegulariser", "LayerReport", "project_",
@@ -275,16 +275,66 @@ class SplitParametrization(nn.Module):
         super().__init__()
         self.projector = projector
         self.bias = bool(bias)
+        #: the :class:`_SplitGroup` of the layers split together by :func:`split_` (``None``: alone)
+        #: and this tensor's place in it
+        self.group: Optional["_SplitGroup"] = None
+        self.slot = 0
 
     def project(self, X: torch.Tensor) -> torch.Tensor:
         return self.projector.project_bias(X) if self.bias else self.projector.project(X)
 
     def forward(self, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+        if self.group is not None and parametrize._cache_enabled:
+            W = self.group.weight(self, A, B)
+            if W is not None:
+                return W
         return self.project(A - B) + B
 
     def right_inverse(self, W: torch.Tensor):
         # two distinct tensors (parametrize may alias the storage of what is returned)
         return W.detach().clone(), W.detach().clone()
+
+
+class _SplitGroup:
+    """The split tensors of one :func:`split_` call, evaluated together inside
+    ``torch.nn.utils.parametrize.cached()`` (as :func:`equiproj.train.fit` does every step).
+
+    The first split tensor read in the context computes ``W = P(A - B) + B`` for all members in
+    one autograd node (:class:`equiproj.projection._batched.BatchedSplit`); the context's cache
+    keeps the result until it closes, which is parametrize's own contract (the originals do not
+    change inside it). Outside the context each tensor is computed alone, as before. A member
+    that is no longer registered (``unconstrain_``), or tensors of different dtypes or devices,
+    make every member compute alone.
+    """
+
+    def __init__(self, members: List[Tuple[nn.Module, str, nn.Module]]):
+        self.members = members  # (module, tensor name, its SplitParametrization)
+        for i, (_, _, p) in enumerate(members):
+            p.group, p.slot = self, i
+        self.batched = BatchedSplit([BatchEntry(p.projector, i, bias=p.bias) for i, (_, _, p) in enumerate(members)])
+
+    def _originals(self):
+        As, Bs = [], []
+        for m, pname, p in self.members:
+            plist = getattr(getattr(m, "parametrizations", None), pname, None) if parametrize.is_parametrized(m) else None
+            if plist is None or len(plist) != 1 or plist[0] is not p:
+                return None
+            As.append(plist.original0)
+            Bs.append(plist.original1)
+        if len({(t.dtype, t.device) for t in As + Bs}) != 1 or As[0].is_complex():
+            return None
+        return As, Bs
+
+    def weight(self, p: nn.Module, A: torch.Tensor, B: torch.Tensor) -> Optional[torch.Tensor]:
+        cache, key = parametrize._cache, (id(self), "equiproj-split-group")
+        out = cache.get(key)
+        if out is None:
+            ab = self._originals()
+            if ab is None:
+                return None
+            out = self.batched(*ab)
+            cache[key] = out
+        return out[p.slot]
 
 
 def _split_originals(m: nn.Module, name: str) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
@@ -326,8 +376,9 @@ def split_(model: nn.Module, include_bias: Optional[bool] = None) -> nn.Module:
     weights.
 
     Cost: a second tensor per weight, and its optimiser state (for Adam: twice the optimiser
-    memory of the declared layers); one projection per forward (cached within a training step
-    by :func:`equiproj.train.fit`).
+    memory of the declared layers); one projection per forward, computed for all the layers of
+    one call in one autograd node inside ``torch.nn.utils.parametrize.cached()`` (which
+    :func:`equiproj.train.fit` uses every step), layer by layer outside it.
 
     Examples
     --------
@@ -346,6 +397,7 @@ def split_(model: nn.Module, include_bias: Optional[bool] = None) -> nn.Module:
     if not layers:
         raise ValueError("split_: the model has no declared layers: build it from equiproj.nn layers or call "
                          "equiproj.declare(layer, in_rep, out_rep) first")
+    members = []
     for name, m, spec in layers:
         use_bias = spec.include_bias if include_bias is None else include_bias
         for role in ("weight", "bias") if use_bias else ("weight",):
@@ -356,7 +408,11 @@ def split_(model: nn.Module, include_bias: Optional[bool] = None) -> nn.Module:
                 raise ValueError(
                     f"split_: the {pname} of layer '{name or '<model>'}' is already parametrised (constrain_, RPP "
                     f"or equivariant=True); the split parametrisation needs an unconstrained layer")
-            parametrize.register_parametrization(m, pname, SplitParametrization(spec.projector, bias=role == "bias"))
+            sp = SplitParametrization(spec.projector, bias=role == "bias")
+            parametrize.register_parametrization(m, pname, sp)
+            members.append((m, pname, sp))
+    if len(members) > 1:  # evaluated together inside parametrize.cached()
+        _SplitGroup(members)
     return model
 
 
