@@ -56,7 +56,10 @@ PRESETS = {
 METHOD_RUNS = [
     ("plain", "plain", {}, None),
     ("strict", "strict", {}, None),
-    ("projection", "projection", {"lambda_perp": 1e-2}, None),
+    ("projection split (default)", "projection", {"lambda_perp": 1e-2, "scheme": "split"}, None),
+    ("projection penalty", "projection", {"lambda_perp": 1e-2, "scheme": "penalty"}, None),
+    ("projection proximal", "projection", {"lambda_perp": 1e-2, "scheme": "proximal"}, None),
+    ("projection split-proximal", "projection", {"lambda_perp": 1e-2, "scheme": "split-proximal"}, None),
     ("sample-output k=1", "sample-output", {"k": 1}, 1),
     ("sample-output k=3", "sample-output", {"k": 3}, 3),
     ("eqreg k=1", "eqreg", {"k": 1}, 1),
