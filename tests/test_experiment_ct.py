@@ -155,3 +155,17 @@ def test_report(out, rows):
     assert {"ct_ci_strongmetal_panels.png", "ct_ci_strongmetal_lambda.png", "ct_ci_strongmetal_throughput.png"} <= names, names
     for name in names:
         assert f"figures/{name}" in text
+
+
+def test_report_of_a_symmetry_sweep(tmp_path):
+    """Two symmetry settings: the report has the symmetry table and its figure, one marker per
+    setting and method with the seeds beside it."""
+    from equiproj.experiments import report
+
+    out = str(tmp_path / "sym")
+    for sym in ("default", "strong"):
+        run(RunConfig("ct", method="plain", steps=4, options={"symmetry": sym}), out, progress=False)
+    text = report(out)
+    assert "#### Symmetry sweep" in text and "| strong |" in text and "| default |" in text
+    (fig,) = (tmp_path / "sym" / "figures").glob("ct_*_symmetry.png")
+    assert fig.stat().st_size > 1000 and f"figures/{fig.name}" in text

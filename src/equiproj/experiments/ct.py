@@ -374,10 +374,16 @@ class CTExperiment(Experiment):
             sym = [r for r in sym if where[(r["variant"], r["lam"])] == settings] or sym
             parts.append("\n#### Symmetry sweep (control / default / strong)\n")
             parts.append("; ".join(f"`{s}`: {t}" for s, t in _SYMMETRY_TEXT.items()) + ".\n")
-            parts.append(markdown_table(sym, ["symmetry", "variant", "lam"],
-                                        ["psnr_input", "psnr", "psnr_gain", "ssim", "equiv_error", "defect_fro"],
-                                        {**labels, "psnr_input": "input PSNR", "psnr_gain": "PSNR gain"}))
-            fig = self._symmetry_plot(sym, out, tag, plt)
+            selected = any(r.get("sel_psnr") is not None for r in sym)
+            cols = (["psnr_input", "sel_psnr", "sel_psnr_gain", "psnr", "sel_ssim", "sel_equiv_error", "sel_defect_fro"]
+                    if selected else ["psnr_input", "psnr", "psnr_gain", "ssim", "equiv_error", "defect_fro"])
+            if selected:
+                parts.append("With model selection: the weights of the best validation PSNR (`selected`) beside the "
+                             "last weights (`PSNR`).\n")
+            parts.append(markdown_table(sym, ["symmetry", "variant", "lam"], cols,
+                                        {**labels, "psnr_input": "input PSNR", "psnr_gain": "PSNR gain",
+                                         "sel_psnr_gain": "PSNR gain (selected)"}))
+            fig = self._symmetry_plot(sym, out, tag, plt, key="sel_psnr_gain" if selected else "psnr_gain")
             if fig:
                 parts.append(f"\n![PSNR gain over the FBP input per symmetry setting]({fig})\n")
         figs = [("test images: input, outputs of the methods, target", self._panels(default or rows, out, tag, plt)),
@@ -492,27 +498,35 @@ class CTExperiment(Experiment):
         fig.suptitle(f"ct: cost per step (median over runs; {', '.join(dev)})", fontsize=8)
         return save_figure(fig, figures_dir(out) / f"ct_{tag}_throughput.png")
 
-    def _symmetry_plot(self, rows, out: Path, tag: str, plt) -> Optional[str]:
+    def _symmetry_plot(self, rows, out: Path, tag: str, plt, key: str = "psnr_gain") -> Optional[str]:
         settings = [s for s in SYMMETRY_SETTINGS if any(r["symmetry"] == s for r in rows)]
         groups: Dict[str, Dict[str, List[float]]] = {}
         for r in rows:
+            if r.get(key) is None:
+                continue
             name = r["variant"] + ("" if r["lam"] is None else f" λ={r['lam']:g}")
-            groups.setdefault(name, {}).setdefault(r["symmetry"], []).append(r["psnr_gain"])
+            groups.setdefault(name, {}).setdefault(r["symmetry"], []).append(r[key])
         names = [n for n in sorted(groups, key=lambda n: (_METHOD_ORDER.get(n.split()[0], 9), n))
                  if len(groups[n]) == len(settings)]
         if not names:
             return None
-        fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(settings) * max(1, len(names)) / 3, 3.2))
-        wbar = 0.8 / len(names)
+        fig, ax = plt.subplots(figsize=(2.2 + 1.6 * len(settings) * max(1, len(names)) / 3, 3.4))
+        step = 0.8 / len(names)
         for i, n in enumerate(names):
             vals = [np.mean(groups[n][s]) for s in settings]
             err = [np.std(groups[n][s]) for s in settings]
-            ax.bar(np.arange(len(settings)) + (i - (len(names) - 1) / 2) * wbar, vals, wbar, yerr=err, capsize=2,
-                   label=n)
+            pos = np.arange(len(settings)) + (i - (len(names) - 1) / 2) * step
+            seeds = sorted({len(groups[n][s]) for s in settings})
+            ax.errorbar(pos, vals, yerr=err, fmt="s", ms=5, capsize=3, color=f"C{i}",
+                        label=f"{n} ({'/'.join(map(str, seeds))} seed{'s' if seeds != [1] else ''})")
+            for x, s in zip(pos, settings):  # every seed beside its mean
+                ax.plot([x + 0.25 * step] * len(groups[n][s]), groups[n][s], ".", ms=4, color=f"C{i}", alpha=0.6)
         ax.set_xticks(range(len(settings)))
-        ax.set_xticklabels(settings)
-        ax.set_ylabel("PSNR gain over FBP input (dB)")
-        ax.legend(fontsize=6)
+        ax.set_xticklabels([f"symmetry {s}" for s in settings])
+        ax.set_xlim(-0.6, len(settings) - 0.4)
+        ax.set_ylabel("PSNR gain over FBP input (dB)" + ("\nselected weights" if key.startswith("sel_") else ""))
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=6, loc="best")
         return save_figure(fig, figures_dir(out) / f"ct_{tag}_symmetry.png")
 
 
