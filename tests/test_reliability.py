@@ -7,6 +7,7 @@ training per run), so the cost is mostly process start-up.
 from __future__ import annotations
 
 import errno
+import shutil
 import json
 import os
 import signal
@@ -22,7 +23,8 @@ import torch
 from equiproj._io import atomic_write_json, is_temp_file
 from equiproj.cli import main
 from equiproj.experiments import RunConfig, run
-from equiproj.experiments._core import BadRunFolders, _csv_cell, collect, save_figure, sweep
+from equiproj.experiments._core import (BadRunFolders, _csv_cell, collect, read_results_csv, report, save_figure, scan,
+                                        sweep)
 from equiproj.train import RunFolderError
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -249,6 +251,44 @@ def test_shards_cover_the_grid_once_and_report_merges_their_folders(tmp_path):
     assert "(3 runs)" in text and "so2_toy_defect_history.png" in text
     assert (tmp_path / "m" / "figures" / "so2_toy_wedge_boundaries.png").exists()
     assert len((tmp_path / "m" / "results.csv").read_text().strip().splitlines()) == 4
+
+
+def test_report_merges_an_earlier_results_table_without_its_run_folders(tmp_path):
+    grid = {"method": ["projection"], "lambda_perp": [0.0, 0.1, 1.0]}
+    sweep("so2-toy", str(tmp_path / "old"), grid, dict(steps=4), progress=False)
+    full = report(str(tmp_path / "old"), into=str(tmp_path / "full"))
+    table = tmp_path / "kept" / "results.csv"
+    table.parent.mkdir()
+    table.write_text((tmp_path / "old" / "results.csv").read_text())
+    old_rows = {r["run_id"]: r for r in scan(str(tmp_path / "old"))[0]}
+    shutil.rmtree(tmp_path / "old")  # the run folders are gone, the table is left
+    # the table's rows come back with their types
+    back = read_results_csv(table)
+    assert {r["run_id"] for r in back} == set(old_rows)
+    for r in back:
+        o = old_rows[r["run_id"]]
+        for k in ("lambda_perp", "seed", "method", "invariance_error", "stopped_early", "device"):
+            assert r[k] == o[k] and type(r[k]) is type(o[k]), k
+    # new runs (one of them a rerun of a tabled configuration) merged with the table
+    sweep("so2-toy", str(tmp_path / "new"), {"method": ["projection"], "lambda_perp": [1.0, 3.0]}, dict(steps=4),
+          progress=False)
+    assert main(["report", str(table), str(tmp_path / "new"), "--into", str(tmp_path / "m")]) == 0
+    text = (tmp_path / "m" / "report.md").read_text()
+    assert "(4 runs)" in text
+    merged = read_results_csv(tmp_path / "m" / "results.csv")
+    assert len(merged) == 4 and len({r["run_id"] for r in merged}) == 4
+    # the tables of the report built from the table alone match the report built from the folders
+    assert main(["report", str(table), "--into", str(tmp_path / "t")]) == 0
+    strip = lambda t: [ln for ln in t.splitlines() if ln.startswith("|")]  # noqa: E731
+    assert strip((tmp_path / "t" / "report.md").read_text()) == strip(full)
+    # clear errors
+    with pytest.raises(ValueError, match="say where the report goes: --into"):
+        report(str(table))
+    with pytest.raises(ValueError, match="does not exist"):
+        report(str(tmp_path / "nope.csv"), into=str(tmp_path / "x"))
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="not a results table written by `equiproj sweep` .*run_id"):
+        report(str(tmp_path / "bad.csv"), into=str(tmp_path / "x"))
 
 
 def test_defect_history_is_recorded_by_fit(tmp_path):

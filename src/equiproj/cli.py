@@ -126,10 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
                               "report` on the folder, or on the jobs' folders to merge them)")
     _add_common(p, sweep=True)
     p = sub.add_parser("report", help="Markdown tables and PNG plots from one run folder, or merged from several",
-                       parents=[debug], epilog="example: equiproj report shard0 shard1 --into merged")
-    p.add_argument("out", nargs="+", help="folder(s) written by run / sweep")
+                       parents=[debug], formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples: equiproj report shard0 shard1 --into merged\n"
+                              "          equiproj report old/results.csv new_runs --into merged  (an earlier "
+                              "sweep's table, its run folders gone, with new runs)")
+    p.add_argument("out", nargs="+", help="folder(s) written by run / sweep, or results.csv table(s) of earlier "
+                                          "sweeps")
     p.add_argument("--into", default=None, help="where report.md, results.csv and figures/ go (default: the first "
-                                                "folder)")
+                                                "folder; required with tables only)")
     p.add_argument("--skip-bad", action="store_true",
                    help="report without run folders that cannot be read (they are listed in the report)")
     p = sub.add_parser("bench", help="run a benchmark (projection, conv, steerable, methods, volumes)", parents=[debug],

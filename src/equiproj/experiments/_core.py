@@ -42,7 +42,7 @@ from ..train import (CHECKPOINT_NAME, MODEL_NAME, RESULT_NAME, RunFolderError, T
 __all__ = ["RunConfig", "takes_scheme", "takes_weight",
            "Setup", "Experiment", "register_experiment", "get_experiment", "available_experiments",
            "run", "sweep", "collect", "scan", "report", "method_options", "parse_shard", "BadRunFolders",
-           "run_folder", "sweep_configs", "ExperimentError", "EXPERIMENTS"]
+           "run_folder", "sweep_configs", "read_results_csv", "ExperimentError", "EXPERIMENTS"]
 
 
 
@@ -687,6 +687,8 @@ def scan(outs: Any) -> "tuple[List[Dict[str, Any]], List[tuple], List[Path]]":
     outs = [outs] if isinstance(outs, (str, os.PathLike)) else list(outs)
     rows, bad, unfinished, seen = [], [], [], set()
     for out in outs:
+        if _is_table(out):
+            continue
         runs = Path(out) / "runs"
         if not runs.is_dir():
             continue
@@ -703,7 +705,71 @@ def scan(outs: Any) -> "tuple[List[Dict[str, Any]], List[tuple], List[Path]]":
                 continue
             seen.add(row["run_id"])
             rows.append({**row, "_dir": str(d)})
+    # then the results tables: a run found both in a folder and in a table is read from its folder
+    for table in (o for o in outs if _is_table(o)):
+        for row in read_results_csv(table):
+            if row["run_id"] not in seen:
+                seen.add(row["run_id"])
+                rows.append(row)
     return rows, bad, unfinished
+
+
+def _is_table(source: Any) -> bool:
+    return str(source).endswith(".csv")
+
+
+def _csv_value(s: str) -> Any:
+    """A ``results.csv`` cell back as the value ``collect`` wrote (``repr`` of a float, ``str`` of
+    the rest): bool, int, float or str."""
+    if s in ("True", "False"):
+        return s == "True"
+    for conv in (int, float):
+        try:
+            return conv(s)
+        except ValueError:
+            pass
+    return s
+
+
+def read_results_csv(path: Any) -> List[Dict[str, Any]]:
+    """The rows of a ``results.csv`` written by :func:`collect` (one per finished run), typed back:
+    an empty cell is a missing field. This lets :func:`report` merge the table of a sweep whose run
+    folders are gone (or on another machine) with folders of new runs; sections that need a run's
+    files (the defect histories) leave such rows out.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "results.csv"
+    >>> _ = p.write_text("run_id,experiment,method,lambda_perp,seed,level\\na,so2-toy,plain,0.1,0,\\n")
+    >>> read_results_csv(p)
+    [{'run_id': 'a', 'experiment': 'so2-toy', 'method': 'plain', 'lambda_perp': 0.1, 'seed': 0}]
+    """
+    import csv
+
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            fields = reader.fieldnames or []
+            missing = [k for k in ("experiment", "run_id", "method") if k not in fields]
+            if missing:
+                raise ValueError(f"report: {path} is not a results table written by `equiproj sweep` (it has no "
+                                 f"column {', '.join(missing)})")
+            rows = []
+            for line, rec in enumerate(reader, start=2):
+                if None in rec or any(v is None for v in rec.values()):
+                    raise ValueError(f"report: {path}, line {line}: expected {len(fields)} cells as in the header, "
+                                     f"got a different number")
+                rows.append({k: _csv_value(v) for k, v in rec.items() if v != ""})
+    except FileNotFoundError:
+        raise ValueError(f"report: {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"report: {path} cannot be read ({type(exc).__name__}: {exc})") from None
+    for r in rows:
+        if not r.get("run_id") or not r.get("experiment"):
+            raise ValueError(f"report: {path}: a row without run_id or experiment")
+    return rows
 
 
 def collect(out: str, sources: Optional[Sequence[Any]] = None) -> List[Dict[str, Any]]:
@@ -738,8 +804,11 @@ def report(out: Any, into: Optional[str] = None, skip_bad: bool = False) -> str:
     """Write ``report.md`` (tables and figures of every experiment found) and return it.
 
     ``out`` is an output folder or a list of them (the shards of a sweep run on several
-    machines): their runs are merged (a run found in several folders once) and the report,
-    ``results.csv`` and figures go to ``into`` (default: the first folder). Run folders whose
+    machines), and may include ``results.csv`` tables of earlier sweeps (read with
+    :func:`read_results_csv`; their run folders are not needed): their runs are merged (a run
+    found in several sources once, from its folder where it has one) and the report,
+    ``results.csv`` and figures go to ``into`` (default: the first folder; required when every
+    source is a table). Run folders whose
     ``metrics.json`` cannot be trusted raise :class:`BadRunFolders` listing them all, unless
     ``skip_bad`` (then the report names them).
     """
@@ -747,9 +816,16 @@ def report(out: Any, into: Optional[str] = None, skip_bad: bool = False) -> str:
     if not outs:
         raise ValueError("report: give at least one output folder")
     for o in outs:
-        if str(o).strip() == "" or not Path(o).is_dir():
-            raise ValueError(f"report: {str(o)!r} is not a folder written by `equiproj run` or `equiproj sweep`")
-    dest = Path(into) if into is not None else Path(outs[0])
+        if _is_table(o):
+            if not Path(o).is_file():
+                raise ValueError(f"report: the results table {str(o)!r} does not exist")
+        elif str(o).strip() == "" or not Path(o).is_dir():
+            raise ValueError(f"report: {str(o)!r} is not a folder written by `equiproj run` or `equiproj sweep`, "
+                             f"nor a results.csv")
+    folders = [o for o in outs if not _is_table(o)]
+    if into is None and not folders:
+        raise ValueError("report: from results tables alone, say where the report goes: --into FOLDER")
+    dest = Path(into) if into is not None else Path(folders[0])
     rows, bad, unfinished = scan(outs)
     if bad and not skip_bad:
         raise BadRunFolders(bad, "Fix: run the sweep again to recompute them, delete those folders, or pass "
