@@ -85,6 +85,42 @@ def test_vectors_ci_behaviour(out):
     assert strict["equivariance_error"] < 1e-5 < plain["equivariance_error"]
 
 
+def test_vectors_scheme_figure_and_table_keep_initialisations_apart(tmp_path):
+    """A results table (no run folders needed) with two initialisations of one scheme: the table
+    gets an init column with a row for each, the figure a line for each; spreads are sample std."""
+    import csv
+
+    from equiproj.experiments._core import read_results_csv
+
+    cols = ["run_id", "experiment", "method", "scheme", "perp_lr", "lambda_perp", "norm", "seed", "preset", "level",
+            "task", "arch", "opt_init", "test_mse_abs", "sel_test_mse_abs", "test_mse", "sel_test_mse",
+            "equivariance_error", "time_per_step_s", "device"]
+    rows = []
+    for init, base in (("", 1.0), ("projected", 5.0)):
+        for lam in (0.1, 1.0):
+            for seed in (0, 1):
+                rows.append(dict(run_id=f"p{init}{lam}{seed}", experiment="vectors", method="projection",
+                                 scheme="penalty", perp_lr="", lambda_perp=lam, norm="fro", seed=seed, preset="rpp",
+                                 level=0.3, task="modified_inertia", arch="emlp384", opt_init=init,
+                                 test_mse_abs=base + seed, sel_test_mse_abs=base + seed, test_mse=0.1, sel_test_mse=0.1,
+                                 equivariance_error=0.1, time_per_step_s=0.01, device="cpu"))
+    rows.append(dict(run_id="s0", experiment="vectors", method="strict", norm="fro", seed=0, preset="rpp", level=0.3,
+                     task="modified_inertia", arch="emlp384", test_mse_abs=2.0, sel_test_mse_abs=2.0, test_mse=0.1,
+                     sel_test_mse=0.1, equivariance_error=0.0, time_per_step_s=0.01, lambda_perp=0.0, device="cpu"))
+    table = tmp_path / "results.csv"
+    with open(table, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+    assert len(read_results_csv(table)) == len(rows)
+    text = report(str(table), into=str(tmp_path / "rep"))
+    lines = [ln for ln in text.splitlines() if ln.startswith("| emlp384 | projection")]
+    assert len(lines) == 4  # two weights x two initialisations, never averaged together
+    assert any("| projected |" in ln and "5.5 ± 0.71" in ln for ln in lines)  # sample std of 5 and 6
+    assert any("| equivariant |" in ln and "1.5 ± 0.71" in ln for ln in lines)
+    assert (tmp_path / "rep" / "figures" / "vectors_modified_inertia_rpp_emlp384_c0.3_schemes.png").exists()
+
+
 def test_vectors_o5_basis_route_runs(out):
     r = run(RunConfig("vectors", method="strict", steps=50, options={"task": "o5"}), out, progress=False)
     assert r["equivariance_error"] < 1e-5 and r["test_mse"] > 0

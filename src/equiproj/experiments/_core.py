@@ -958,6 +958,16 @@ def defect_history_section(rows: List[Dict[str, Any]], out: Path, experiment: st
 # ---------------------------------------------------------------------------------- helpers for reports
 
 
+def sample_std(values: Sequence[float]) -> float:
+    """The sample standard deviation (``n - 1`` in the denominator; 0 for a single value): the
+    spread over seeds that every table (:func:`mean_std`) and figure of the reports shows."""
+    vals = [float(v) for v in values]
+    if len(vals) < 2:
+        return 0.0
+    m = sum(vals) / len(vals)
+    return math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
+
+
 def mean_std(values: Sequence[float]) -> str:
     vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if not vals:
@@ -965,8 +975,7 @@ def mean_std(values: Sequence[float]) -> str:
     m = sum(vals) / len(vals)
     if len(vals) == 1:
         return f"{m:.4g}"
-    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
-    return f"{m:.4g} ± {sd:.2g}"
+    return f"{m:.4g} ± {sample_std(vals):.2g}"
 
 
 def group_rows(rows: List[Dict[str, Any]], keys: Sequence[str]) -> Dict[tuple, List[Dict[str, Any]]]:

@@ -57,7 +57,7 @@ from ..models import UNet2d
 from ..regularise import declare_model, report as layer_report
 from ..train import TrainConfig
 from ._core import (Experiment, RunConfig, Setup, figures_dir, group_rows, markdown_table, register_experiment,
-                    run_folder, save_figure, takes_weight)
+                    run_folder, sample_std, save_figure, takes_weight)
 
 __all__ = ["CTExperiment", "SYMMETRY_SETTINGS", "normalise", "denormalise", "build_model",
            "ct_data_config"]
@@ -453,13 +453,13 @@ class CTExperiment(Experiment):
                 rs = [r for r in proj if r["scheme"] == sc and r["lambda_perp"] > 0]
                 pos = sorted({r["lambda_perp"] for r in rs})
                 mean = [np.mean([r[key] for r in rs if r["lambda_perp"] == p]) for p in pos]
-                sd = [np.std([r[key] for r in rs if r["lambda_perp"] == p]) for p in pos]
+                sd = [sample_std([r[key] for r in rs if r["lambda_perp"] == p]) for p in pos]
                 ax.errorbar(pos, mean, yerr=sd, marker="o", capsize=3, color=f"C{i}", label=f"projection {sc}")
             for name, style, color, sel in (("plain", ":", "0.45", lambda r: r["method"] == "plain"),
                                             ("strict", "--", "k", lambda r: r["method"] == "strict")):
                 vals = [r[key] for r in rows if sel(r)]
                 if vals and not (key == "defect_fro" and name == "strict"):
-                    mu, sd = float(np.mean(vals)), float(np.std(vals))
+                    mu, sd = float(np.mean(vals)), sample_std(vals)
                     ax.axhline(mu, ls=style, color=color, lw=1.2, label=f"{name} ({len(vals)} seeds)")
                     ax.axhspan(mu - sd, mu + sd, color=color, alpha=0.08, lw=0)
             ax.set_xscale("log")
@@ -514,7 +514,7 @@ class CTExperiment(Experiment):
         step = 0.8 / len(names)
         for i, n in enumerate(names):
             vals = [np.mean(groups[n][s]) for s in settings]
-            err = [np.std(groups[n][s]) for s in settings]
+            err = [sample_std(groups[n][s]) for s in settings]
             pos = np.arange(len(settings)) + (i - (len(names) - 1) / 2) * step
             seeds = sorted({len(groups[n][s]) for s in settings})
             ax.errorbar(pos, vals, yerr=err, fmt="s", ms=5, capsize=3, color=f"C{i}",

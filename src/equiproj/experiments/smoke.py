@@ -71,7 +71,7 @@ from ..metrics import equivariance_error
 from ..regularise import declare_model, declared_layers, report as layer_report
 from ..train import TrainConfig
 from ._core import (Experiment, RunConfig, Setup, figures_dir, group_rows, markdown_table, register_experiment,
-                    save_figure, takes_weight)
+                    sample_std, save_figure, takes_weight)
 
 __all__ = ["SmokeExperiment", "SmokeForecaster", "build_net", "ARCHES", "rollout", "smoke_windows"]
 
@@ -463,13 +463,13 @@ class SmokeExperiment(Experiment):
                 rs = [r for r in pen if r["model"] == mdl and key in r]
                 lams = sorted({r["lambda_perp"] for r in rs})
                 m = [np.mean([r[key] for r in rs if r["lambda_perp"] == lam]) for lam in lams]
-                sd = [np.std([r[key] for r in rs if r["lambda_perp"] == lam]) for lam in lams]
+                sd = [sample_std([r[key] for r in rs if r["lambda_perp"] == lam]) for lam in lams]
                 ax.errorbar(lams, m, yerr=sd, marker="o", capsize=3, color=f"C{i}", label=mdl)
             for j, mdl in enumerate(refs):
                 vals = [r[key] for r in rows if r["model"] == mdl and key in r]
                 if not vals:
                     continue
-                mu, sd = float(np.mean(vals)), float(np.std(vals))
+                mu, sd = float(np.mean(vals)), sample_std(vals)
                 colour = f"C{(len(models) + j) % 10}"
                 ax.axhline(mu, ls="--" if len(models) + j < 10 else ":", color=colour, lw=1.2,
                            label=f"{mdl} ({len(vals)} seeds)")
@@ -506,7 +506,7 @@ class SmokeExperiment(Experiment):
             lam = min(per_lam, key=lambda k: np.mean([e for e, _ in per_lam[k]]))
             curves = np.stack([c for _, c in per_lam[lam]])
             steps = np.arange(1, curves.shape[1] + 1)
-            mu, sd = curves.mean(0), curves.std(0)
+            mu, sd = curves.mean(0), (curves.std(0, ddof=1) if len(curves) > 1 else np.zeros_like(curves[0]))
             ax.plot(steps, mu, color=f"C{i % 10}", ls="-" if i < 10 else "--",
                     label=mdl + (f" (λ={lam:g})" if lam else "") + f", {len(curves)} seeds")
             ax.fill_between(steps, mu - sd, mu + sd, color=f"C{i % 10}", alpha=0.12, lw=0)

@@ -47,7 +47,8 @@ from ..groups import o3, orthogonal
 from ..metrics import equivariance_error
 from ..nn import GatedNonlinearity, RepLinear, TensorSquare
 from ..train import TrainConfig
-from ._core import Experiment, RunConfig, Setup, figures_dir, markdown_table, register_experiment, save_figure
+from ._core import (Experiment, RunConfig, Setup, figures_dir, markdown_table, register_experiment, sample_std,
+                    save_figure)
 
 __all__ = ["task_representations", "EquivariantMLP", "EMLP", "uniform_representation", "VectorsExperiment"]
 
@@ -203,6 +204,7 @@ def plain_mlp(d_in: int, d_out: int, hidden: int, depth: int = 2) -> nn.Module:
 
 
 _SCHEME_ORDER = {"split": 0, "split-proximal": 1, "penalty": 2, "proximal": 3}
+_INIT_MARKERS = {"equivariant": "o", "projected": "D", "random": "v"}
 
 
 @register_experiment
@@ -327,6 +329,8 @@ class VectorsExperiment(Experiment):
                 r["scheme"] = "penalty"
             if r.get("level") is None and r.get("task") == "modified_inertia":
                 r["level"] = 0.3  # the default c
+            if r.get("method") != "plain":  # plain keeps its own initialisation
+                r["init"] = r.get("opt_init", "equivariant")
         parts = [f"## vectors\n\n{self.description}. `test MSE` is relative to the mean squared training "
                  "target, `abs. MSE` in the targets' own units (presets with raw targets); `sel.` columns are the "
                  "weights of the best validation MSE (the tables report the final weights); equivariance error: mean "
@@ -342,8 +346,10 @@ class VectorsExperiment(Experiment):
                 raw = bool(self.presets.get(preset, {}).get("raw_targets"))
                 mse = ["test_mse_abs", "sel_test_mse_abs"] if raw else ["test_mse", "sel_test_mse"]
                 parts.append(f"#### preset `{preset}`\n")
-                parts.append(markdown_table(ps, ["arch", "method", "scheme", "perp_lr", "norm", "lambda_perp", "level"],
-                                            mse + ["equivariance_error", "time_per_step_s"], labels))
+                keys = ["arch", "method", "scheme", "perp_lr", "norm", "lambda_perp", "level"]
+                if len({r.get("init") for r in ps if r.get("init")}) > 1:
+                    keys.insert(4, "init")
+                parts.append(markdown_table(ps, keys, mse + ["equivariance_error", "time_per_step_s"], labels))
                 for fig, caption in self._scheme_plots(ps, task, preset, mse[0], out, plt):
                     parts.append(f"\n![{caption}]({fig})\n")
             fig = self._lambda_plot(rs, task, out, plt)
@@ -363,10 +369,13 @@ class VectorsExperiment(Experiment):
         for arch in sorted({r.get("arch") for r in proj}):
             for lvl in sorted({r.get("level") for r in proj}, key=lambda v: -1 if v is None else v):
                 sel = [r for r in proj if r.get("arch") == arch and r.get("level") == lvl]
-                variants = sorted({(r["scheme"], r.get("perp_lr")) for r in sel}, key=lambda v: (
-                    _SCHEME_ORDER.get(v[0], 9), v[1] or 0))
-                if not any(len({r["lambda_perp"] for r in sel if (r["scheme"], r.get("perp_lr")) == v
-                                and r["lambda_perp"] > 0}) > 1 for v in variants):
+                def variant(r):
+                    return r["scheme"], r.get("perp_lr"), r.get("init", "equivariant")
+
+                variants = sorted({variant(r) for r in sel}, key=lambda v: (
+                    v[2] != "equivariant", v[2], _SCHEME_ORDER.get(v[0], 9), v[1] or 0))
+                if not any(len({r["lambda_perp"] for r in sel if variant(r) == v and r["lambda_perp"] > 0}) > 1
+                           for v in variants):
                     continue
                 lams = sorted({r["lambda_perp"] for r in sel if r["lambda_perp"] > 0})
                 x0 = lams[0] / 10  # where lambda_perp = 0 is drawn
@@ -381,22 +390,29 @@ class VectorsExperiment(Experiment):
                 finite_refs = [float(np.mean(v)) for v in ref_vals.values() if v]
                 cap = 30 * max(finite_refs) if finite_refs else float("inf")
                 clipped = False
-                for i, v in enumerate(variants):
-                    vs = [r for r in sel if (r["scheme"], r.get("perp_lr")) == v]
+                colour_of: Dict[tuple, int] = {}
+                for v in variants:
+                    vs = [r for r in sel if variant(r) == v]
                     pts = sorted({r["lambda_perp"] for r in vs})
                     m = [np.mean([r[key] for r in vs if r["lambda_perp"] == p]) for p in pts]
-                    sd = [np.std([r[key] for r in vs if r["lambda_perp"] == p]) for p in pts]
+                    sd = [sample_std([r[key] for r in vs if r["lambda_perp"] == p]) for p in pts]
                     xs = [p if p > 0 else x0 for p in pts]
-                    label = v[0] + ("" if v[1] is None else f" (perp_lr {v[1]:g})")
-                    colour = f"C{i}"
+                    counts = sorted({sum(r["lambda_perp"] == p for r in vs) for p in pts})
+                    n_seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+                    label = (v[0] + ("" if v[1] is None else f" (perp_lr {v[1]:g})")
+                             + ("" if v[2] == "equivariant" else f", init {v[2]}")
+                             + f", {n_seeds} seed{'' if n_seeds == '1' else 's'}")
+                    colour = f"C{colour_of.setdefault(v[:2], len(colour_of))}"  # one colour per scheme
+                    style = "-" if v[2] == "equivariant" else ":"  # other initialisations dotted, own marker
+                    mark = _INIT_MARKERS.get(v[2], "P")
                     over = [j for j, p in enumerate(pts) if not m[j] <= cap]
                     if over:
                         clipped = True
                         ax.plot([xs[j] for j in over], [cap] * len(over), marker="^", ls="none", ms=9, color=colour,
                                 clip_on=False)
                     pos = [j for j, p in enumerate(pts) if p > 0 and j not in over]
-                    ax.errorbar([xs[j] for j in pos], [m[j] for j in pos], yerr=[sd[j] for j in pos], marker="o",
-                                capsize=3, color=colour, label=label + (" (triangles: diverged, off the scale)"
+                    ax.errorbar([xs[j] for j in pos], [m[j] for j in pos], yerr=[sd[j] for j in pos], marker=mark,
+                                capsize=3, color=colour, ls=style, label=label + (" (triangles: diverged, off the scale)"
                                                                          if over else ""))
                     if 0 in pts:
                         j = pts.index(0)
@@ -404,7 +420,7 @@ class VectorsExperiment(Experiment):
                 for name, style, colour, _ in refs:
                     ref = ref_vals[name]
                     if ref:
-                        mu, sd = float(np.mean(ref)), float(np.std(ref))
+                        mu, sd = float(np.mean(ref)), sample_std(ref)
                         ax.axhline(mu, ls=style, color=colour, lw=1.2, label=f"{name} ({len(ref)} seeds)")
                         ax.axhspan(mu - sd, mu + sd, color=colour, alpha=0.08, lw=0)
                 ax.set_xscale("log")
@@ -413,11 +429,10 @@ class VectorsExperiment(Experiment):
                     ax.set_ylim(top=cap)
                 ax.set_xlabel("lambda_perp (open squares: lambda_perp = 0)")
                 ax.set_ylabel(("absolute" if key.endswith("_abs") else "relative") + " test MSE")
-                seeds = len({r["seed"] for r in sel})
                 c = "" if lvl is None else f", c = {lvl:g}"
                 dev = ", ".join(sorted({str(r.get("device")) for r in sel}))
-                ax.set_title(f"{task}, arch {arch}, preset {preset}{c}\nmean ± std over {seeds} seeds; {dev}",
-                             fontsize=8)
+                ax.set_title(f"{task}, arch {arch}, preset {preset}{c}\nmean ± sample std over seeds (counts in the "
+                             f"legend); {dev}", fontsize=8)
                 fig.legend(fontsize=7, loc="outside lower center", ncol=3)
                 name = f"vectors_{task}_{preset}_{arch}_c{'none' if lvl is None else f'{lvl:g}'}_schemes.png"
                 figs.append((save_figure(fig, figures_dir(out) / name),

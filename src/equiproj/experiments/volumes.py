@@ -51,7 +51,8 @@ from ..metrics import equivariance_error
 from ..nn import FieldBatchNorm, GatedNonlinearity, RepConv3d
 from ..regularise import report as layer_report
 from ..train import TrainConfig
-from ._core import Experiment, RunConfig, Setup, figures_dir, markdown_table, register_experiment, save_figure, takes_weight
+from ._core import (Experiment, RunConfig, Setup, figures_dir, markdown_table, register_experiment, sample_std,
+                    save_figure, takes_weight)
 
 __all__ = ["ResNet3d", "gated_field", "odd_size", "VolumesExperiment", "multiclass_auc", "cube_elements"]
 
@@ -469,7 +470,7 @@ class VolumesExperiment(Experiment):
             lams = sorted({r["lambda_perp"] for r in vs})
             for ax, key in ((a1, "sel_accuracy"), (a2, "equiv_cube"), (a3, "rel_defect")):
                 m = [np.mean([r[key] for r in vs if r["lambda_perp"] == p]) for p in lams]
-                sd = [np.std([r[key] for r in vs if r["lambda_perp"] == p]) for p in lams]
+                sd = [sample_std([r[key] for r in vs if r["lambda_perp"] == p]) for p in lams]
                 if lams:
                     ax.errorbar(lams, m, yerr=sd, marker="o", capsize=3, color=colour, label=f"projection ({v})")
                 for name, style in (("strict", "--"), ("plain", ":")):
