@@ -437,8 +437,9 @@ class CTExperiment(Experiment):
         return save_figure(fig, figures_dir(out) / f"ct_{tag}_panels.png")
 
     def _lambda_plot(self, rows, out: Path, tag: str, plt) -> Optional[str]:
-        """Defect and PSNR against lambda_perp, one line per training scheme (mean ± std over seeds),
-        plain and strict as horizontal lines with bands."""
+        """Defect and PSNR against lambda_perp, one line per training scheme (defect: mean with the
+        seed range, on a log axis; PSNR: mean ± sample std; lambda_perp = 0 as an open square at the
+        left), plain and strict as horizontal lines with bands."""
         proj = [r for r in rows if r["method"] == "projection" and r["norm"] == "fro"
                 and r.get("route") in (None, "auto")]
         schemes = sorted({r["scheme"] for r in proj}, key=lambda v: _SCHEME_ORDER.get(v, 9))
@@ -449,12 +450,24 @@ class CTExperiment(Experiment):
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
         for ax, key, lab in ((a1, "defect_fro", "defect  Σ‖W − P(W)‖_F"),
                              (a2, psnr_key, "PSNR (dB)" + (" of the selected model" if psnr_key != "psnr" else ""))):
+            x0 = min(r["lambda_perp"] for r in proj if r["lambda_perp"] > 0) / 10  # where lambda_perp = 0 goes
             for i, sc in enumerate(schemes):
-                rs = [r for r in proj if r["scheme"] == sc and r["lambda_perp"] > 0]
-                pos = sorted({r["lambda_perp"] for r in rs})
-                mean = [np.mean([r[key] for r in rs if r["lambda_perp"] == p]) for p in pos]
-                sd = [sample_std([r[key] for r in rs if r["lambda_perp"] == p]) for p in pos]
-                ax.errorbar(pos, mean, yerr=sd, marker="o", capsize=3, color=f"C{i}", label=f"projection {sc}")
+                rs = [r for r in proj if r["scheme"] == sc]
+                pts = sorted({r["lambda_perp"] for r in rs})
+                vals = [[r[key] for r in rs if r["lambda_perp"] == p] for p in pts]
+                mean = [float(np.mean(v)) for v in vals]
+                if key == "defect_fro":  # a log axis: bars from the smallest to the largest seed
+                    err = [[m - min(v) for m, v in zip(mean, vals)], [max(v) - m for m, v in zip(mean, vals)]]
+                else:
+                    err = [[sample_std(v) for v in vals]] * 2
+                xs = [p if p > 0 else x0 for p in pts]
+                pos = [j for j, p in enumerate(pts) if p > 0]
+                ax.errorbar([xs[j] for j in pos], [mean[j] for j in pos],
+                            yerr=[[e[j] for j in pos] for e in err], marker="o", capsize=3, color=f"C{i}",
+                            label=f"projection {sc}")
+                for j in (j for j, p in enumerate(pts) if p == 0):
+                    ax.errorbar([x0], [mean[j]], yerr=[[err[0][j]], [err[1][j]]], marker="s", mfc="white", capsize=3,
+                                color=f"C{i}")
             for name, style, color, sel in (("plain", ":", "0.45", lambda r: r["method"] == "plain"),
                                             ("strict", "--", "k", lambda r: r["method"] == "strict")):
                 vals = [r[key] for r in rows if sel(r)]
@@ -463,14 +476,16 @@ class CTExperiment(Experiment):
                     ax.axhline(mu, ls=style, color=color, lw=1.2, label=f"{name} ({len(vals)} seeds)")
                     ax.axhspan(mu - sd, mu + sd, color=color, alpha=0.08, lw=0)
             ax.set_xscale("log")
-            ax.set_xlabel("lambda_perp")
+            ax.set_xlabel("lambda_perp" + (" (open squares: lambda_perp = 0)"
+                                           if any(r["lambda_perp"] == 0 for r in proj) else ""))
             ax.set_ylabel(lab)
         a1.set_yscale("log")
         a2.legend(fontsize=7)
         seeds = len({r["seed"] for r in proj})
         dev = ", ".join(sorted({str(r.get("device")) for r in rows}))
-        fig.suptitle(f"ct (symmetry default): non-equivariance and image quality against lambda_perp; mean ± std over "
-                     f"{seeds} seeds; {dev}", fontsize=8)
+        fig.suptitle(f"ct (symmetry default): non-equivariance and image quality against lambda_perp over {seeds} seeds "
+                     f"(defect: mean, bars from the smallest to the largest seed; PSNR: mean ± sample std); {dev}",
+                     fontsize=8)
         return save_figure(fig, figures_dir(out) / f"ct_{tag}_lambda.png")
 
     def _throughput_plot(self, rows, out: Path, tag: str, plt) -> Optional[str]:

@@ -207,6 +207,16 @@ _SCHEME_ORDER = {"split": 0, "split-proximal": 1, "penalty": 2, "proximal": 3}
 _INIT_MARKERS = {"equivariant": "o", "projected": "D", "random": "v"}
 
 
+def _default_variant_key(v) -> bool:
+    """``(scheme, perp_lr, init)`` at the defaults (perp_lr 0.1 for the split schemes)."""
+    scheme, perp_lr, init = v
+    return init == "equivariant" and (perp_lr is None or perp_lr == 0.1 or not str(scheme).startswith("split"))
+
+
+def _default_variant(r) -> bool:
+    return _default_variant_key((r["scheme"], r.get("perp_lr"), r.get("init", "equivariant")))
+
+
 @register_experiment
 class VectorsExperiment(Experiment):
     name = "vectors"
@@ -368,75 +378,85 @@ class VectorsExperiment(Experiment):
         proj = [r for r in rows if r["method"] == "projection" and r.get("norm") == "fro"]
         for arch in sorted({r.get("arch") for r in proj}):
             for lvl in sorted({r.get("level") for r in proj}, key=lambda v: -1 if v is None else v):
-                sel = [r for r in proj if r.get("arch") == arch and r.get("level") == lvl]
-                def variant(r):
-                    return r["scheme"], r.get("perp_lr"), r.get("init", "equivariant")
+                every = [r for r in proj if r.get("arch") == arch and r.get("level") == lvl]
+                main = [r for r in every if _default_variant(r)]
+                extra = [r for r in every if not _default_variant(r)]
+                # the schemes at their defaults in one figure; other perp_lr and initialisations in a
+                # second, beside the default scheme
+                parts = [("", main)] + ([("_variants", extra + [r for r in main if r["scheme"] == "split"])]
+                                        if extra else [])
+                for suffix, sel in parts:
+                    def variant(r):
+                        return r["scheme"], r.get("perp_lr"), r.get("init", "equivariant")
 
-                variants = sorted({variant(r) for r in sel}, key=lambda v: (
-                    v[2] != "equivariant", v[2], _SCHEME_ORDER.get(v[0], 9), v[1] or 0))
-                if not any(len({r["lambda_perp"] for r in sel if variant(r) == v and r["lambda_perp"] > 0}) > 1
-                           for v in variants):
-                    continue
-                lams = sorted({r["lambda_perp"] for r in sel if r["lambda_perp"] > 0})
-                x0 = lams[0] / 10  # where lambda_perp = 0 is drawn
-                fig, ax = plt.subplots(figsize=(6.4, 4.6), layout="constrained")
-                refs = (("strict", "--", "k", lambda r: r["method"] == "strict" and r.get("arch") == arch),
-                        ("plain MLP", ":", "0.45", lambda r: r["method"] == "plain" and r.get("arch") == "mlp"),
-                        (f"free {arch} (plain)", "-.", "0.6",
-                         lambda r: r["method"] == "plain" and r.get("arch") == arch))
-                ref_vals = {name: [r[key] for r in rows if pick(r) and r.get("level") == lvl]
-                            for name, _, _, pick in refs}
-                # diverged runs (orders of magnitude above every reference) are drawn as triangles at the top
-                finite_refs = [float(np.mean(v)) for v in ref_vals.values() if v]
-                cap = 30 * max(finite_refs) if finite_refs else float("inf")
-                clipped = False
-                colour_of: Dict[tuple, int] = {}
-                for v in variants:
-                    vs = [r for r in sel if variant(r) == v]
-                    pts = sorted({r["lambda_perp"] for r in vs})
-                    m = [np.mean([r[key] for r in vs if r["lambda_perp"] == p]) for p in pts]
-                    sd = [sample_std([r[key] for r in vs if r["lambda_perp"] == p]) for p in pts]
-                    xs = [p if p > 0 else x0 for p in pts]
-                    counts = sorted({sum(r["lambda_perp"] == p for r in vs) for p in pts})
-                    n_seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
-                    label = (v[0] + ("" if v[1] is None else f" (perp_lr {v[1]:g})")
-                             + ("" if v[2] == "equivariant" else f", init {v[2]}")
-                             + f", {n_seeds} seed{'' if n_seeds == '1' else 's'}")
-                    colour = f"C{colour_of.setdefault(v[:2], len(colour_of))}"  # one colour per scheme
-                    style = "-" if v[2] == "equivariant" else ":"  # other initialisations dotted, own marker
-                    mark = _INIT_MARKERS.get(v[2], "P")
-                    over = [j for j, p in enumerate(pts) if not m[j] <= cap]
-                    if over:
-                        clipped = True
-                        ax.plot([xs[j] for j in over], [cap] * len(over), marker="^", ls="none", ms=9, color=colour,
-                                clip_on=False)
-                    pos = [j for j, p in enumerate(pts) if p > 0 and j not in over]
-                    ax.errorbar([xs[j] for j in pos], [m[j] for j in pos], yerr=[sd[j] for j in pos], marker=mark,
-                                capsize=3, color=colour, ls=style, label=label + (" (triangles: diverged, off the scale)"
-                                                                         if over else ""))
-                    if 0 in pts:
-                        j = pts.index(0)
-                        ax.errorbar([x0], [m[j]], yerr=[sd[j]], marker="s", mfc="white", capsize=3, color=colour)
-                for name, style, colour, _ in refs:
-                    ref = ref_vals[name]
-                    if ref:
-                        mu, sd = float(np.mean(ref)), sample_std(ref)
-                        ax.axhline(mu, ls=style, color=colour, lw=1.2, label=f"{name} ({len(ref)} seeds)")
-                        ax.axhspan(mu - sd, mu + sd, color=colour, alpha=0.08, lw=0)
-                ax.set_xscale("log")
-                ax.set_yscale("log")
-                if clipped:
-                    ax.set_ylim(top=cap)
-                ax.set_xlabel("lambda_perp (open squares: lambda_perp = 0)")
-                ax.set_ylabel(("absolute" if key.endswith("_abs") else "relative") + " test MSE")
-                c = "" if lvl is None else f", c = {lvl:g}"
-                dev = ", ".join(sorted({str(r.get("device")) for r in sel}))
-                ax.set_title(f"{task}, arch {arch}, preset {preset}{c}\nmean ± sample std over seeds (counts in the "
-                             f"legend); {dev}", fontsize=8)
-                fig.legend(fontsize=7, loc="outside lower center", ncol=3)
-                name = f"vectors_{task}_{preset}_{arch}_c{'none' if lvl is None else f'{lvl:g}'}_schemes.png"
-                figs.append((save_figure(fig, figures_dir(out) / name),
-                             f"{task}, {arch}{c}: test MSE against lambda_perp per training scheme"))
+                    variants = sorted({variant(r) for r in sel}, key=lambda v: (
+                        v[2] != "equivariant", v[2], _SCHEME_ORDER.get(v[0], 9), v[1] or 0))
+                    if not any(len({r["lambda_perp"] for r in sel if variant(r) == v and r["lambda_perp"] > 0}) > 1
+                               for v in variants):
+                        continue
+                    lams = sorted({r["lambda_perp"] for r in sel if r["lambda_perp"] > 0})
+                    x0 = lams[0] / 10  # where lambda_perp = 0 is drawn
+                    fig, ax = plt.subplots(figsize=(6.4, 4.6), layout="constrained")
+                    refs = (("strict", "--", "k", lambda r: r["method"] == "strict" and r.get("arch") == arch),
+                            ("plain MLP", ":", "0.45", lambda r: r["method"] == "plain" and r.get("arch") == "mlp"),
+                            (f"free {arch} (plain)", "-.", "0.6",
+                             lambda r: r["method"] == "plain" and r.get("arch") == arch))
+                    ref_vals = {name: [r[key] for r in rows if pick(r) and r.get("level") == lvl]
+                                for name, _, _, pick in refs}
+                    # diverged runs (orders of magnitude above every reference) are drawn as triangles at the top
+                    finite_refs = [float(np.mean(v)) for v in ref_vals.values() if v]
+                    cap = 30 * max(finite_refs) if finite_refs else float("inf")
+                    clipped = False
+                    colour_of: Dict[tuple, int] = {}
+                    for v in variants:
+                        vs = [r for r in sel if variant(r) == v]
+                        pts = sorted({r["lambda_perp"] for r in vs})
+                        m = [np.mean([r[key] for r in vs if r["lambda_perp"] == p]) for p in pts]
+                        sd = [sample_std([r[key] for r in vs if r["lambda_perp"] == p]) for p in pts]
+                        xs = [p if p > 0 else x0 for p in pts]
+                        counts = sorted({sum(r["lambda_perp"] == p for r in vs) for p in pts})
+                        n_seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+                        label = (v[0] + ("" if v[1] is None else f" (perp_lr {v[1]:g})")
+                                 + ("" if v[2] == "equivariant" else f", init {v[2]}")
+                                 + f", {n_seeds} seed{'' if n_seeds == '1' else 's'}")
+                        # the schemes keep their colours in every figure; variants take the next ones
+                        colour = (f"C{_SCHEME_ORDER.get(v[0], 4)}" if _default_variant_key(v)
+                                  else f"C{4 + colour_of.setdefault(v, len(colour_of)) % 6}")
+                        style = "-" if v[2] == "equivariant" else ":"  # other initialisations dotted, own marker
+                        mark = _INIT_MARKERS.get(v[2], "P")
+                        over = [j for j, p in enumerate(pts) if not m[j] <= cap]
+                        if over:
+                            clipped = True
+                            ax.plot([xs[j] for j in over], [cap] * len(over), marker="^", ls="none", ms=9, color=colour,
+                                    clip_on=False)
+                        pos = [j for j, p in enumerate(pts) if p > 0 and j not in over]
+                        ax.errorbar([xs[j] for j in pos], [m[j] for j in pos], yerr=[sd[j] for j in pos], marker=mark,
+                                    capsize=3, color=colour, ls=style, label=label + (" (triangles: diverged, off the scale)"
+                                                                             if over else ""))
+                        if 0 in pts:
+                            j = pts.index(0)
+                            ax.errorbar([x0], [m[j]], yerr=[sd[j]], marker="s", mfc="white", capsize=3, color=colour)
+                    for name, style, colour, _ in refs:
+                        ref = ref_vals[name]
+                        if ref:
+                            mu, sd = float(np.mean(ref)), sample_std(ref)
+                            ax.axhline(mu, ls=style, color=colour, lw=1.2, label=f"{name} ({len(ref)} seeds)")
+                            ax.axhspan(mu - sd, mu + sd, color=colour, alpha=0.08, lw=0)
+                    ax.set_xscale("log")
+                    ax.set_yscale("log")
+                    if clipped:
+                        ax.set_ylim(top=cap)
+                    ax.set_xlabel("lambda_perp (open squares: lambda_perp = 0)")
+                    ax.set_ylabel(("absolute" if key.endswith("_abs") else "relative") + " test MSE")
+                    c = "" if lvl is None else f", c = {lvl:g}"
+                    dev = ", ".join(sorted({str(r.get("device")) for r in sel}))
+                    ax.set_title(f"{task}, arch {arch}, preset {preset}{c}\nmean ± sample std over seeds (counts in the "
+                                 f"legend); {dev}", fontsize=8)
+                    fig.legend(fontsize=7, loc="outside lower center", ncol=3)
+                    name = f"vectors_{task}_{preset}_{arch}_c{'none' if lvl is None else f'{lvl:g}'}_schemes{suffix}.png"
+                    figs.append((save_figure(fig, figures_dir(out) / name),
+                                 f"{task}, {arch}{c}: test MSE against lambda_perp per training scheme"
+                                  + (" (other perp_lr and initialisations)" if suffix else "")))
         return figs
 
     def _lambda_plot(self, rows, task, out, plt):
