@@ -958,6 +958,22 @@ def defect_history_section(rows: List[Dict[str, Any]], out: Path, experiment: st
 # ---------------------------------------------------------------------------------- helpers for reports
 
 
+def zero_tick(ax, x0: float, used: bool = True) -> None:
+    """On a log x axis where ``lambda_perp = 0`` is drawn at ``x0`` (left of the smallest positive
+    weight), label that position ``0`` instead of the power of ten it falls on."""
+    if not used:
+        return
+    import matplotlib.ticker as mticker
+
+    lo, hi = ax.get_xlim()
+    decades = [10.0 ** k for k in range(math.ceil(math.log10(x0 * 1.0001)), math.floor(math.log10(hi)) + 1)]
+    ticks = [x0] + [d for d in decades if d > x0 * 1.5]
+    ax.set_xticks(ticks)
+    ax.xaxis.set_major_formatter(mticker.FixedFormatter(["0"] + [f"$10^{{{round(math.log10(d))}}}$" for d in ticks[1:]]))
+    ax.xaxis.set_minor_locator(mticker.NullLocator())
+    ax.set_xlim(lo, hi)
+
+
 def sample_std(values: Sequence[float]) -> float:
     """The sample standard deviation (``n - 1`` in the denominator; 0 for a single value): the
     spread over seeds that every table (:func:`mean_std`) and figure of the reports shows."""

@@ -57,7 +57,7 @@ from ..models import UNet2d
 from ..regularise import declare_model, report as layer_report
 from ..train import TrainConfig
 from ._core import (Experiment, RunConfig, Setup, figures_dir, group_rows, markdown_table, register_experiment,
-                    run_folder, sample_std, save_figure, takes_weight)
+                    run_folder, sample_std, save_figure, takes_weight, zero_tick)
 
 __all__ = ["CTExperiment", "SYMMETRY_SETTINGS", "normalise", "denormalise", "build_model",
            "ct_data_config"]
@@ -478,6 +478,7 @@ class CTExperiment(Experiment):
             ax.set_xscale("log")
             ax.set_xlabel("lambda_perp" + (" (open squares: lambda_perp = 0)"
                                            if any(r["lambda_perp"] == 0 for r in proj) else ""))
+            zero_tick(ax, x0, any(r["lambda_perp"] == 0 for r in proj))
             ax.set_ylabel(lab)
         a1.set_yscale("log")
         a2.legend(fontsize=7)

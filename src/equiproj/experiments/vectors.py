@@ -48,7 +48,7 @@ from ..metrics import equivariance_error
 from ..nn import GatedNonlinearity, RepLinear, TensorSquare
 from ..train import TrainConfig
 from ._core import (Experiment, RunConfig, Setup, figures_dir, markdown_table, register_experiment, sample_std,
-                    save_figure)
+                    save_figure, zero_tick)
 
 __all__ = ["task_representations", "EquivariantMLP", "EMLP", "uniform_representation", "VectorsExperiment"]
 
@@ -447,6 +447,7 @@ class VectorsExperiment(Experiment):
                     if clipped:
                         ax.set_ylim(top=cap)
                     ax.set_xlabel("lambda_perp (open squares: lambda_perp = 0)")
+                    zero_tick(ax, x0, any(r["lambda_perp"] == 0 for r in sel))
                     ax.set_ylabel(("absolute" if key.endswith("_abs") else "relative") + " test MSE")
                     c = "" if lvl is None else f", c = {lvl:g}"
                     dev = ", ".join(sorted({str(r.get("device")) for r in sel}))
