@@ -62,8 +62,32 @@ def test_translation_case_and_errors():
     assert SMOKE_PRESETS["paper"]["rotation"]["groups"] * 4 == 36       # Wang et al.'s 36 simulations
     assert SmokeConfig("translation").n_sims == 35
     with pytest.raises(ValueError, match="case"):
-        SmokeConfig("scale")
+        SmokeConfig("shear")
     with pytest.raises(ValueError, match="256"):
         SmokeConfig("rotation", size=256)
     with pytest.raises(ValueError, match="even"):
         SmokeConfig("rotation", size=15)
+
+
+def test_scale_case_level_zero_is_the_scaled_first_simulation_and_level_one_is_wang_et_al():
+    """Level 0: every factor's simulation (n cells, everything enlarged f times) is the f = 1 one
+    under x -> f x, u -> f u (stored divided by f); level 1 (Wang et al.'s same cell size, f
+    times more cells) breaks it only through the resolution."""
+    sym = make_smoke_data(SmokeConfig("scale", size=8, steps=6, factors=(1.0, 1.5, 2.0), level=0.0), use_cache=False)
+    v = sym["velocity"]
+    assert v.shape == (3, 6, 2, 8, 8) and list(sym["cells"]) == [8, 8, 8]
+    assert np.abs(v[0, -1]).max() > 1e-2
+    assert np.abs(v - v[:1]).max() < 1e-5 * np.abs(v).max()
+    np.testing.assert_allclose(sym["factor"], [1.0, 1.5, 2.0])
+    np.testing.assert_allclose(sym["buoyancy"][:, 1], [0.1, 0.15, 0.2], rtol=1e-6)
+    np.testing.assert_allclose(sym["inflow"], [[32, 5], [48, 7.5], [64, 10]])
+    wang = make_smoke_data(SmokeConfig("scale", size=8, steps=6, factors=(1.0, 1.5, 2.0), level=1.0), use_cache=False)
+    assert list(wang["cells"]) == [8, 12, 16] and wang["max_divergence"].max() < 1e-6
+    np.testing.assert_array_equal(wang["velocity"][0], v[0])           # f = 1 is the same simulation
+    assert np.abs(wang["velocity"][2] - v[0]).max() > 1e-2 * np.abs(v).max()
+    assert SmokeConfig("scale", size=64, factors=SMOKE_PRESETS["paper"]["scale"]["factors"]).n_sims == 30
+    with pytest.raises(ValueError, match="factor 4 on 256 cells per side .* fails from 256"):
+        SmokeConfig("scale", size=64, factors=(1.0, 4.0))
+    SmokeConfig("scale", size=64, factors=(1.0, 4.0), level=0.0)     # n cells at every factor: allowed
+    with pytest.raises(ValueError, match="factors >= 1"):
+        SmokeConfig("scale", factors=(0.5, 1.0))

@@ -120,8 +120,13 @@ def test_windows_and_errors():
         smoke_windows(8, [], T=30, splits=(12, 16, 18), F=10, R_train=2, R_test=4)
     with pytest.raises(ValueError, match="arch=convnet"):
         run(RunConfig("smoke", method="projection", preset="ci", options={"arch": "gconv"}), "/nonexistent")
-    with pytest.raises(ValueError, match="case"):
-        run(RunConfig("smoke", method="plain", preset="ci", options={"case": "scale"}), "/nonexistent")
+    with pytest.raises(ValueError, match="option case must be one of"):
+        run(RunConfig("smoke", method="plain", preset="ci", options={"case": "shear"}), "/nonexistent")
+    with pytest.raises(ValueError, match="the scale case has none"):
+        run(RunConfig("smoke", method="projection", preset="ci", options={"case": "scale"}), "/nonexistent")
+    with pytest.raises(ValueError, match="no scale version"):
+        run(RunConfig("smoke", method="relaxed", preset="ci", options={"case": "scale", "arch": "steer"}),
+            "/nonexistent")
     with pytest.raises(ValueError, match="option schedule must be"):
         run(RunConfig("smoke", method="plain", preset="ci", options={"schedule": "linear"}), "/nonexistent")
     with pytest.raises(ValueError, match="relaxed layers"):
@@ -172,3 +177,25 @@ def test_cli_run_at_the_ci_preset(tmp_path, capsys):
     assert per_epoch < 30 and lrs[30] == pytest.approx(2e-3 * 0.95 ** (30 // per_epoch))
     main(["report", o])
     assert "convnet projection" in open(f"{o}/report.md").read()
+
+
+def test_scale_case_at_the_ci_preset(tmp_path):
+    """Relaxed scale-space convolutions: the projection penalty's weight controls the defect, the
+    weight-tied network has none, the plain ConvNet is not declared; the report has a scale table."""
+    out = str(tmp_path / "scale")
+    rows = {}
+    for key, m, lam, opts in [("convnet", "plain", 0.0, {}), ("strict", "plain", 0.0, {"arch": "gconv", "equal_weights": True}),
+                              ("lo", "relaxed", 1e-4, {"arch": "gconv", "penalty": "projection"}),
+                              ("hi", "relaxed", 1.0, {"arch": "gconv", "penalty": "projection"}),
+                              ("wang", "relaxed", 1e-2, {"arch": "gconv"})]:
+        rows[key] = run(RunConfig("smoke", method=m, lambda_perp=lam, preset="ci", level=1.0,
+                                  options={"case": "scale", **opts}), out, progress=False)
+    for r in rows.values():
+        assert r["case"] == "scale" and r["n_sims"] == 4 and r["size"] == 16 and math.isfinite(r["rmse_future"])
+        assert math.isnan(r["equiv_error"])
+    assert rows["convnet"]["defect_fro"] == 0.0                         # not declared for any group
+    assert rows["strict"]["defect_fro"] < 1e-6
+    assert rows["lo"]["defect_fro"] > 1e-3 and rows["hi"]["defect_fro"] < 0.5 * rows["lo"]["defect_fro"]
+    assert rows["hi"]["rmse_future"] < rows["hi"]["rmse_future_persistence"] * 2
+    text = report(out)
+    assert "case `scale`" in text and "gconv relaxed (projection penalty)" in text and "gconv relaxed (Wang penalty)" in text

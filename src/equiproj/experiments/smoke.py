@@ -4,7 +4,8 @@ The benchmark of Wang, Walters and Yu (ICML 2022), used by Berndt and Stühmer (
 4.2) for the projection penalty on relaxed group and relaxed steerable convolutions. Data:
 :mod:`equiproj.data.smoke` (PhiFlow smoke plumes, ``docs/data/smoke.md``); ``level`` is the
 symmetry-breaking knob of the data (rotation: the buoyancy magnitudes differ between the four
-inflow directions, ``level = 1`` as in Wang et al.; ``0`` is exactly C4-symmetric).
+inflow directions, ``level = 1`` as in Wang et al.; ``0`` is exactly C4-symmetric; scale: the
+resolution of the enlarged simulations, ``1`` as in Wang et al., ``0`` exactly scale-symmetric).
 
 Task. The velocity fields of ``in_frames`` (10) consecutive steps, stacked as channels
 (``10 x standard`` of ``cyclic(4)``), predict the next field; training rolls the model out
@@ -12,7 +13,7 @@ Task. The velocity fields of ``in_frames`` (10) consecutive steps, stacked as ch
 out ``test_rollout`` steps (20). Windows start in time ranges ``[0, a)`` (training), ``[a, b)``
 (validation, model selection) and ``[b, c)`` (test-future, the training simulations later in
 time); test-domain uses held-out simulations (rotation: magnitude group ``groups // 2``;
-translation: every fourth inflow position) with windows starting in ``[0, a)``. Wang et al.:
+translation and scale: every fourth simulation) with windows starting in ``[0, a)``. Wang et al.:
 ``a, b, c = 160, 200, 250`` of 310 steps. Velocities are divided by one scalar (their RMS over
 the training windows), which keeps the task equivariant; RMSE is reported in the data's own
 units. Every network predicts the change of the last frame (``v_{t+1} = v_t + net(window)``,
@@ -32,6 +33,15 @@ group-convolution models):
   filter banks, and a strictly equivariant steerable read-out to the velocity.
 * ``steer``: relaxed steerable convolutions (:class:`equiproj.baselines.RelaxedSteerableConv2d`:
   an equivariant kernel basis with coefficients that depend on the kernel position).
+
+The ``scale`` case has no finite group: ``convnet`` is the plain ConvNet (method ``plain`` only,
+not declared), and ``gconv`` is the relaxed scale-space network
+(:class:`equiproj.baselines.RelaxedScaleConv2d`: ``banks`` filter banks combined with weights per
+scale, the preset's ``scales``; a lifting layer, scale-by-scale hidden layers, a weight-tied
+last layer and the mean over the scales), with ``P`` the orthogonal projection onto the
+weight-tied kernels (:class:`equiproj.baselines.ScaleKernelProjector`). ``steer`` has no scale
+version here (Wang et al.'s scale-steerable model is not built). The C4 equivariance errors are
+``nan`` for this case.
 
 For ``gconv`` and ``steer``, method ``relaxed`` adds Wang et al.'s relaxation penalty
 (``--option penalty=relaxation``, default) or the projection penalty of every relaxed layer's
@@ -56,16 +66,17 @@ from __future__ import annotations
 import math
 import textwrap
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..actions import feature_map_action
-from ..baselines import RelaxedGroupConv2d, RelaxedLiftingConv2d, RelaxedSteerableConv2d
+from ..baselines import (GroupPool2d, RelaxedGroupConv2d, RelaxedLiftingConv2d, RelaxedScaleConv2d,
+                         RelaxedSteerableConv2d)
 from ..baselines._relaxed import _RELAXED_TYPES
-from ..data.smoke import SMOKE_PRESETS, SmokeConfig, make_smoke_data
+from ..data.smoke import SMOKE_CASES, SMOKE_PRESETS, SmokeConfig, make_smoke_data
 from ..groups import cyclic
 from ..metrics import equivariance_error
 from ..regularise import declare_model, declared_layers, report as layer_report
@@ -92,13 +103,15 @@ class SmokeForecaster(nn.Module):
 
 
 def build_net(arch: str, in_frames: int = 10, width: int = 16, depth: int = 3, kernel: int = 3, banks: int = 2,
-              equal_weights: bool = False) -> SmokeForecaster:
+              equal_weights: bool = False, scales: Optional[Sequence[float]] = None) -> SmokeForecaster:
     r"""The forecaster of one architecture (see the module docstring), with a zero last layer
     (every model starts by predicting no change).
 
     ``convnet`` is declared for ``cyclic(4)`` (input ``in_frames x standard``, hidden regular,
     output ``standard``); ``gconv`` and ``steer`` are built from relaxed layers, strictly
-    equivariant when ``equal_weights``.
+    equivariant when ``equal_weights``. With ``scales`` (the scale case) ``gconv`` is the relaxed
+    scale-space network of :class:`equiproj.baselines.RelaxedScaleConv2d` (``width / 4`` scale
+    fields) and ``convnet`` is not declared.
 
     Examples
     --------
@@ -107,6 +120,8 @@ def build_net(arch: str, in_frames: int = 10, width: int = 16, depth: int = 3, k
     >>> x = torch.randn(1, 4, 8, 8)
     >>> bool(torch.equal(m(x), x[:, -2:]))
     True
+    >>> build_net("gconv", in_frames=2, width=8, depth=3, scales=(1.0, 2.0))(x).shape
+    torch.Size([1, 2, 8, 8])
     """
     if arch not in ARCHES:
         raise ValueError(f"arch must be one of {', '.join(map(repr, ARCHES))}, got {arch!r}")
@@ -132,9 +147,23 @@ def build_net(arch: str, in_frames: int = 10, width: int = 16, depth: int = 3, k
                     m.bias.zero_()
             layers[-1].weight.zero_()
         net = SmokeForecaster(nn.Sequential(*layers))
-        declare_model(net, G, in_rep=in_frames * V, out_rep=V)
+        if scales is None:
+            declare_model(net, G, in_rep=in_frames * V, out_rep=V)
         return net
     f = width // 4
+    if scales is not None:
+        if arch != "gconv":
+            raise ValueError(f"arch={arch!r} has no scale version; the scale case has arch='gconv' (relaxed scale-space "
+                             "convolutions) and arch='convnet'")
+        layers += [RelaxedScaleConv2d(c_in, f, kernel, scales=scales, num_banks=banks, lifting=True,
+                                      equal_weights=equal_weights), nn.ReLU()]
+        for _ in range(depth - 2):
+            layers += [RelaxedScaleConv2d(f, f, kernel, scales=scales, num_banks=banks, equal_weights=equal_weights),
+                       nn.ReLU()]
+        last = RelaxedScaleConv2d(f, 2, kernel, scales=scales, num_banks=1, equal_weights=True)
+        with torch.no_grad():
+            last.relaxed_weights.zero_()
+        return SmokeForecaster(nn.Sequential(*layers, last, GroupPool2d(len(last.scales))))
     R = f * G.regular()
     if arch == "gconv":
         layers += [RelaxedLiftingConv2d(c_in, f, kernel, N=4, num_banks=banks, padding=pad, in_rep=in_frames * V,
@@ -245,23 +274,24 @@ class SmokeExperiment(Experiment):
         "ci": dict(data="ci", in_frames=3, splits=(6, 8, 10), train_rollout=2, test_rollout=2, eval_stride=2,
                    width=8, depth=3, kernel=3, banks=2, steps=30, batch_size=8, lr=2e-3, weight_decay=4e-4,
                    warmup=0, eval_every=10, patience=None, equiv_windows=4, example_frames=(1, 2),
-                   schedule="cosine"),
-        # 32^2, 16 simulations of 150 steps; a few minutes per run on one shared CPU thread
+                   schedule="cosine", scales=(1.0, 2.0)),
+        # 32^2, 16 simulations of 150 steps (scale: 8 factors); a few minutes per run on one shared CPU thread
         "cpu": dict(data="cpu", in_frames=10, splits=(80, 100, 120), train_rollout=6, test_rollout=20,
                     eval_stride=5, width=16, depth=4, kernel=3, banks=2, steps=400, batch_size=8, lr=1e-3,
                     weight_decay=4e-4, warmup=20, eval_every=50, patience=None, equiv_windows=16,
-                    example_frames=(1, 5, 10, 20), schedule="cosine"),
+                    example_frames=(1, 5, 10, 20), schedule="cosine", scales=(1.0, 2 ** 0.5, 2.0)),
         # Wang et al.'s sizes (64^2, 36 simulations of 310 steps; their rotation models have hidden
-        # 128 channels, 3-5 layers, kernel 5 in places) and protocol (Adam, weight decay 4e-4, the
+        # 128 channels, 3-5 layers, kernel 5 in places; their scale models the scales 1 to 2.5) and protocol (Adam, weight decay 4e-4, the
         # learning rate times 0.95 after every epoch, early stopping); for a GPU
         "paper": dict(data="paper", in_frames=10, splits=(160, 200, 250), train_rollout=6, test_rollout=20,
                       eval_stride=2, width=128, depth=5, kernel=5, banks=4, steps=20000, batch_size=16, lr=1e-3,
                       weight_decay=4e-4, warmup=0, eval_every=500, patience=10, equiv_windows=64,
-                      example_frames=(1, 5, 10, 20), schedule="step"),
+                      example_frames=(1, 5, 10, 20), schedule="step", scales=(1.0, 1.5, 2.0, 2.5)),
     }
     methods = ("plain", "strict", "projection", "relaxed", "sample-output", "rpp")
     level_name = ("symmetry breaking of the data (rotation: buoyancy asymmetry between the four directions, 1 = "
-                  "Wang et al., 0 = exactly C4-symmetric; translation: extra buoyancy right of x = 32)")
+                  "Wang et al., 0 = exactly C4-symmetric; translation: extra buoyancy right of x = 32; scale: the "
+                  "resolution of the enlarged simulations, 1 = Wang et al., 0 = exactly scale-symmetric)")
     default_level = 1.0
     default_sweep = {"method": ["plain", "strict", "projection"], "lambda_perp": [1e-3, 1e-2, 1e-1]}
     reports = "selected"
@@ -273,9 +303,15 @@ class SmokeExperiment(Experiment):
         if unknown:
             raise ValueError(f"unknown options for smoke: {sorted(unknown)} (known: {', '.join(sorted(_OPTIONS))})")
         o = _options(cfg)
-        if o["case"] not in ("rotation", "translation"):
-            raise ValueError(f"option case must be 'rotation' or 'translation', got {o['case']!r} (the scale case "
-                             "is not implemented)")
+        if o["case"] not in SMOKE_CASES:
+            raise ValueError(f"option case must be one of {', '.join(map(repr, SMOKE_CASES))}, got {o['case']!r}")
+        if o["case"] == "scale":
+            if cfg.method in _CONVNET_ONLY:
+                raise ValueError(f"method {cfg.method!r} needs a finite group to declare the ConvNet for, and the scale "
+                                 "case has none: use method 'plain' (arch=convnet or gconv) or 'relaxed' (arch=gconv)")
+            if o["arch"] == "steer":
+                raise ValueError("arch='steer' has no scale version: the scale case has arch='gconv' (relaxed "
+                                 "scale-space convolutions) and arch='convnet'")
         if o["arch"] not in ARCHES:
             raise ValueError(f"option arch must be one of {', '.join(map(repr, ARCHES))}, got {o['arch']!r}")
         if cfg.method in _CONVNET_ONLY and o["arch"] != "convnet":
@@ -311,6 +347,7 @@ class SmokeExperiment(Experiment):
         S, T = v_raw.shape[:2]
         held = ([s for s in range(S) if data["group"][s] == dcfg.groups // 2] if case == "rotation"
                 else [s for s in range(S) if s % 4 == 3])
+        scales = tuple(preset["scales"]) if case == "scale" else None
         F, Rtr, Rte = preset["in_frames"], preset["train_rollout"], preset["test_rollout"]
         win = smoke_windows(S, held, T, tuple(preset["splits"]), F, Rtr, Rte, stride=preset["eval_stride"])
         a = preset["splits"][0]
@@ -323,7 +360,7 @@ class SmokeExperiment(Experiment):
 
         torch.manual_seed(cfg.seed)
         model = build_net(arch, F, preset["width"], preset["depth"], preset["kernel"], preset["banks"],
-                          equal_weights=bool(o["equal_weights"])).to(device)
+                          equal_weights=bool(o["equal_weights"]), scales=scales).to(device)
         G = cyclic(4)
         act_in, act_out = feature_map_action(F * G.standard()), feature_map_action(G.standard())
 
@@ -358,13 +395,16 @@ class SmokeExperiment(Experiment):
                 with torch.no_grad():
                     return m(x)
 
-            err = equivariance_error(one_step, xe, act_in, act_out, group=G, elements=G.elements()[1:])
-            with torch.no_grad():
-                full = torch.linalg.vector_norm(m(xe)).clamp_min(1e-12)
-                incr = torch.linalg.vector_norm(m(xe) - xe[:, -2:]).clamp_min(1e-12)
-            res["equiv_error"] = err.mean
-            res["equiv_error_max"] = err.max
-            res["equiv_error_res"] = err.mean * float(full / incr)
+            if case == "scale":  # no C4 symmetry to measure
+                res["equiv_error"] = res["equiv_error_max"] = res["equiv_error_res"] = float("nan")
+            else:
+                err = equivariance_error(one_step, xe, act_in, act_out, group=G, elements=G.elements()[1:])
+                with torch.no_grad():
+                    full = torch.linalg.vector_norm(m(xe)).clamp_min(1e-12)
+                    incr = torch.linalg.vector_norm(m(xe) - xe[:, -2:]).clamp_min(1e-12)
+                res["equiv_error"] = err.mean
+                res["equiv_error_max"] = err.max
+                res["equiv_error_res"] = err.mean * float(full / incr)
             res["defect_fro"], res["rel_defect"] = _defects(m)
             res["n_params"] = int(sum(p.numel() for p in m.parameters() if p.requires_grad))
             # per-step RMSE along the test-future rollout
