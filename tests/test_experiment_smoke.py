@@ -124,6 +124,8 @@ def test_windows_and_errors():
         run(RunConfig("smoke", method="plain", preset="ci", options={"case": "shear"}), "/nonexistent")
     with pytest.raises(ValueError, match="the scale case has none"):
         run(RunConfig("smoke", method="projection", preset="ci", options={"case": "scale"}), "/nonexistent")
+    with pytest.raises(ValueError, match="option width must be a positive multiple of 4"):
+        run(RunConfig("smoke", method="plain", preset="ci", options={"width": 6}), "/nonexistent")
     with pytest.raises(ValueError, match="no scale version"):
         run(RunConfig("smoke", method="relaxed", preset="ci", options={"case": "scale", "arch": "steer"}),
             "/nonexistent")
@@ -187,7 +189,8 @@ def test_scale_case_at_the_ci_preset(tmp_path):
     for key, m, lam, opts in [("convnet", "plain", 0.0, {}), ("strict", "plain", 0.0, {"arch": "gconv", "equal_weights": True}),
                               ("lo", "relaxed", 1e-4, {"arch": "gconv", "penalty": "projection"}),
                               ("hi", "relaxed", 1.0, {"arch": "gconv", "penalty": "projection"}),
-                              ("wang", "relaxed", 1e-2, {"arch": "gconv"})]:
+                              ("wang", "relaxed", 1e-2, {"arch": "gconv"}),
+                              ("wide", "plain", 0.0, {"arch": "gconv", "equal_weights": True, "width": 16})]:
         rows[key] = run(RunConfig("smoke", method=m, lambda_perp=lam, preset="ci", level=1.0,
                                   options={"case": "scale", **opts}), out, progress=False)
     for r in rows.values():
@@ -195,7 +198,9 @@ def test_scale_case_at_the_ci_preset(tmp_path):
         assert math.isnan(r["equiv_error"])
     assert rows["convnet"]["defect_fro"] == 0.0                         # not declared for any group
     assert rows["strict"]["defect_fro"] < 1e-6
+    assert rows["wide"]["n_params"] > 2 * rows["strict"]["n_params"]   # --option width= overrides the preset
     assert rows["lo"]["defect_fro"] > 1e-3 and rows["hi"]["defect_fro"] < 0.5 * rows["lo"]["defect_fro"]
     assert rows["hi"]["rmse_future"] < rows["hi"]["rmse_future_persistence"] * 2
     text = report(out)
+    assert "gconv strict (equal weights), width 16" in text
     assert "case `scale`" in text and "gconv relaxed (projection penalty)" in text and "gconv relaxed (Wang penalty)" in text

@@ -87,7 +87,7 @@ from ._core import (Experiment, RunConfig, Setup, figures_dir, group_rows, markd
 __all__ = ["SmokeExperiment", "SmokeForecaster", "build_net", "ARCHES", "rollout", "smoke_windows"]
 
 ARCHES = ("convnet", "gconv", "steer")
-_OPTIONS = {"case", "arch", "penalty", "init", "equal_weights", "schedule"}
+_OPTIONS = {"case", "arch", "penalty", "init", "equal_weights", "schedule", "width"}
 _CONVNET_ONLY = ("projection", "sample-output", "rpp", "strict")
 
 
@@ -335,6 +335,11 @@ class SmokeExperiment(Experiment):
                              f"the learning rate times 0.95 after every epoch), got {cfg.options['schedule']!r}")
         if cfg.level is not None and not cfg.level >= 0:
             raise ValueError(f"level must be >= 0, got {cfg.level}")
+        if "width" in cfg.options:
+            w = cfg.options["width"]
+            if isinstance(w, bool) or not isinstance(w, int) or w < 4 or w % 4:
+                raise ValueError(f"option width must be a positive multiple of 4 (hidden channels; width / 4 fields for "
+                                 f"gconv and steer), got {w!r}")
 
     # ------------------------------------------------------------------ one run
     def setup(self, cfg: RunConfig, preset: Dict[str, Any], device: torch.device) -> Setup:
@@ -359,7 +364,8 @@ class SmokeExperiment(Experiment):
         stacked = {k: tuple(t.to(device) for t in w.stacked()) for k, w in evals.items()}
 
         torch.manual_seed(cfg.seed)
-        model = build_net(arch, F, preset["width"], preset["depth"], preset["kernel"], preset["banks"],
+        width = int(cfg.options.get("width", preset["width"]))
+        model = build_net(arch, F, width, preset["depth"], preset["kernel"], preset["banks"],
                           equal_weights=bool(o["equal_weights"]), scales=scales).to(device)
         G = cyclic(4)
         act_in, act_out = feature_map_action(F * G.standard()), feature_map_action(G.standard())
@@ -472,10 +478,12 @@ class SmokeExperiment(Experiment):
                                          "equiv_error", "equiv_error_res", "defect_fro", "time_per_step_s",
                                          "n_params"], labels))
             tag = f"{case}_{preset}_lvl{level:g}"
-            fig = self._lambda_plot(rs, tag, out, plt)
+            # one colour per model in every figure of this case
+            colours = {m: f"C{i % 10}" for i, m in enumerate(sorted({r["model"] for r in rs}))}
+            fig = self._lambda_plot(rs, tag, out, plt, colours)
             if fig:
                 parts.append(f"\n![{case}: RMSE against lambda]({fig})\n")
-            fig = self._horizon_plot(rs, tag, out, plt)
+            fig = self._horizon_plot(rs, tag, out, plt, colours)
             if fig:
                 parts.append(f"\n![{case}: RMSE along the test-future rollout]({fig})\n")
             fig = self._rollout_plot(rs, tag, out, plt)
@@ -483,7 +491,7 @@ class SmokeExperiment(Experiment):
                 parts.append(f"\n![{case}: example rollouts]({fig})\n")
         return "\n".join(parts)
 
-    def _lambda_plot(self, rows, tag, out, plt):
+    def _lambda_plot(self, rows, tag, out, plt, colours):
         """RMSE (test-future, test-domain; selected and final weights) against lambda: one line per
         penalised model (mean and standard deviation over seeds), unpenalised models as horizontal
         lines with bands."""
@@ -504,13 +512,13 @@ class SmokeExperiment(Experiment):
                 lams = sorted({r["lambda_perp"] for r in rs})
                 m = [np.mean([r[key] for r in rs if r["lambda_perp"] == lam]) for lam in lams]
                 sd = [sample_std([r[key] for r in rs if r["lambda_perp"] == lam]) for lam in lams]
-                ax.errorbar(lams, m, yerr=sd, marker="o", capsize=3, color=f"C{i}", label=mdl)
+                ax.errorbar(lams, m, yerr=sd, marker="o", capsize=3, color=colours[mdl], label=mdl)
             for j, mdl in enumerate(refs):
                 vals = [r[key] for r in rows if r["model"] == mdl and key in r]
                 if not vals:
                     continue
                 mu, sd = float(np.mean(vals)), sample_std(vals)
-                colour = f"C{(len(models) + j) % 10}"
+                colour = colours[mdl]
                 ax.axhline(mu, ls="--" if len(models) + j < 10 else ":", color=colour, lw=1.2,
                            label=f"{mdl} ({len(vals)} seeds)")
                 ax.axhspan(mu - sd, mu + sd, color=colour, alpha=0.1, lw=0)
@@ -526,7 +534,7 @@ class SmokeExperiment(Experiment):
                      fontsize=9)
         return save_figure(fig, figures_dir(out) / f"smoke_{tag}_lambda.png")
 
-    def _horizon_plot(self, rows, tag, out, plt):
+    def _horizon_plot(self, rows, tag, out, plt, colours):
         """Test-future RMSE against the rollout step (final weights; mean over seeds, shaded std),
         one line per model at its best lambda, and persistence."""
         have = [r for r in rows if (Path(out) / "runs" / r["run_id"] / "artifacts.npz").exists()]
@@ -547,9 +555,9 @@ class SmokeExperiment(Experiment):
             curves = np.stack([c for _, c in per_lam[lam]])
             steps = np.arange(1, curves.shape[1] + 1)
             mu, sd = curves.mean(0), (curves.std(0, ddof=1) if len(curves) > 1 else np.zeros_like(curves[0]))
-            ax.plot(steps, mu, color=f"C{i % 10}", ls="-" if i < 10 else "--",
+            ax.plot(steps, mu, color=colours.get(mdl, f"C{i % 10}"), ls="-" if i < 10 else "--",
                     label=mdl + (f" (λ={lam:g})" if lam else "") + f", {len(curves)} seeds")
-            ax.fill_between(steps, mu - sd, mu + sd, color=f"C{i % 10}", alpha=0.12, lw=0)
+            ax.fill_between(steps, mu - sd, mu + sd, color=colours.get(mdl, f"C{i % 10}"), alpha=0.12, lw=0)
         ax.set_xlabel("rollout step")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel("test-future RMSE (final weights)")
@@ -599,6 +607,13 @@ class SmokeExperiment(Experiment):
 
 
 def _label(r: Dict[str, Any]) -> str:
+    w = r.get("opt_width")
+    if w not in (None, "") and not (isinstance(w, float) and math.isnan(w)):
+        return f"{_base_label(r)}, width {int(w)}"
+    return _base_label(r)
+
+
+def _base_label(r: Dict[str, Any]) -> str:
     arch, m = r.get("arch", "convnet"), r["method"]
     if m == "relaxed":
         return f"{arch} relaxed ({'projection' if r.get('penalty') == 'projection' else 'Wang'} penalty)"
