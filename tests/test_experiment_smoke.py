@@ -126,9 +126,8 @@ def test_windows_and_errors():
         run(RunConfig("smoke", method="projection", preset="ci", options={"case": "scale"}), "/nonexistent")
     with pytest.raises(ValueError, match="option width must be a positive multiple of 4"):
         run(RunConfig("smoke", method="plain", preset="ci", options={"width": 6}), "/nonexistent")
-    with pytest.raises(ValueError, match="no scale version"):
-        run(RunConfig("smoke", method="relaxed", preset="ci", options={"case": "scale", "arch": "steer"}),
-            "/nonexistent")
+    with pytest.raises(ValueError, match="the scale case has none"):
+        run(RunConfig("smoke", method="strict", preset="ci", options={"case": "scale"}), "/nonexistent")
     with pytest.raises(ValueError, match="option schedule must be"):
         run(RunConfig("smoke", method="plain", preset="ci", options={"schedule": "linear"}), "/nonexistent")
     with pytest.raises(ValueError, match="relaxed layers"):
@@ -190,7 +189,9 @@ def test_scale_case_at_the_ci_preset(tmp_path):
                               ("lo", "relaxed", 1e-4, {"arch": "gconv", "penalty": "projection"}),
                               ("hi", "relaxed", 1.0, {"arch": "gconv", "penalty": "projection"}),
                               ("wang", "relaxed", 1e-2, {"arch": "gconv"}),
-                              ("wide", "plain", 0.0, {"arch": "gconv", "equal_weights": True, "width": 16})]:
+                              ("wide", "plain", 0.0, {"arch": "gconv", "equal_weights": True, "width": 16}),
+                              ("steer_lo", "relaxed", 1e-4, {"arch": "steer", "penalty": "projection"}),
+                              ("steer_hi", "relaxed", 1.0, {"arch": "steer", "penalty": "projection"})]:
         rows[key] = run(RunConfig("smoke", method=m, lambda_perp=lam, preset="ci", level=1.0,
                                   options={"case": "scale", **opts}), out, progress=False)
     for r in rows.values():
@@ -201,6 +202,7 @@ def test_scale_case_at_the_ci_preset(tmp_path):
     assert rows["wide"]["n_params"] > 2 * rows["strict"]["n_params"]   # --option width= overrides the preset
     assert rows["lo"]["defect_fro"] > 1e-3 and rows["hi"]["defect_fro"] < 0.5 * rows["lo"]["defect_fro"]
     assert rows["hi"]["rmse_future"] < rows["hi"]["rmse_future_persistence"] * 2
+    assert rows["steer_lo"]["defect_fro"] > 1e-3 and rows["steer_hi"]["defect_fro"] < 0.5 * rows["steer_lo"]["defect_fro"]
     text = report(out)
     assert "gconv strict (equal weights), width 16" in text
     assert "case `scale`" in text and "gconv relaxed (projection penalty)" in text and "gconv relaxed (Wang penalty)" in text

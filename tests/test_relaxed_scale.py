@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from equiproj.baselines import GroupPool2d, RelaxedScaleConv2d, ScaleKernelProjector, make_method
+from equiproj.baselines import (GroupPool2d, RelaxedScaleConv2d, RelaxedScaleSteerableConv2d, ScaleKernelProjector,
+                                make_method)
 from equiproj.baselines._relaxed_scale import dilation_matrices
 from equiproj.testing import tolerance
 
@@ -122,12 +123,13 @@ def test_strict_layers_are_approximately_scale_equivariant_relaxed_ones_are_not(
     assert err() > 3 * strict and err() > 0.2
 
 
-def test_projection_penalty_controls_the_defect_of_a_scale_network():
+@pytest.mark.parametrize("layer", [RelaxedScaleConv2d, RelaxedScaleSteerableConv2d])
+def test_projection_penalty_controls_the_defect_of_a_scale_network(layer):
     """Fitting a non-equivariant target: the larger the weight of the projection penalty, the smaller the defect."""
     def train(lam):
         torch.manual_seed(1)
-        net = torch.nn.Sequential(RelaxedScaleConv2d(1, 2, 3, scales=(1.0, 2.0), lifting=True), torch.nn.ReLU(),
-                                  RelaxedScaleConv2d(2, 1, 3, scales=(1.0, 2.0)), GroupPool2d(2))
+        net = torch.nn.Sequential(layer(1, 2, 3, scales=(1.0, 2.0), lifting=True), torch.nn.ReLU(),
+                                  layer(2, 1, 3, scales=(1.0, 2.0)), GroupPool2d(2))
         method = make_method("relaxed", net, lambda_=lam, penalty="projection")
         opt = torch.optim.Adam(net.parameters(), lr=2e-2)
         g = torch.Generator().manual_seed(0)
@@ -146,6 +148,28 @@ def test_projection_penalty_controls_the_defect_of_a_scale_network():
     assert d[0] > 1e-2 and d[0] > d[1] > d[2] and d[2] < 0.2 * d[0]
 
 
+def test_steerable_scale_layer_with_constant_coefficients_is_the_dilated_filter(dtype):
+    rt = tolerance(dtype)
+    conv = RelaxedScaleSteerableConv2d(3, 2, 3, scales=(1.0, 1.5, 2.5), dtype=dtype)
+    S, Kn = 3, conv.projector().size
+    phi = conv.relaxed_weights[..., 0].detach().reshape(2, 3, 3, 3)   # coefficients start equal at every position
+    ref = conv.projector().dilate(phi.expand(S, 2, 3, 3, 3))
+    torch.testing.assert_close(conv.kernel().detach(), ref, rtol=rt, atol=rt)
+    assert float(conv.projection_defect().detach()) < 10 * rt and float(conv.relaxation_penalty().detach()) == 0
+    strict = RelaxedScaleSteerableConv2d(3, 2, 3, equal_weights=True, dtype=dtype)
+    assert strict.relaxed_weights.shape == (2, 3, 9, 1) and float(strict.projection_defect().detach()) < 10 * rt
+    with torch.no_grad():
+        conv.relaxed_weights[:, :, :, Kn * (Kn // 2) + Kn // 2] += 1.0  # the centre position only
+    K = conv.kernel().detach()
+    torch.testing.assert_close(conv.projection_defect().detach(), torch.linalg.vector_norm(K - conv.projector().project(K)),
+                               rtol=rt, atol=rt)
+    assert float(conv.projection_defect().detach()) > 0.1
+    # the same strict family as the banked layer: a tied banked kernel is a fixed point of this projector
+    banked = RelaxedScaleConv2d(3, 2, 3, scales=(1.0, 1.5, 2.5), dtype=dtype)
+    Kb = banked.kernel().detach()
+    torch.testing.assert_close(conv.projector().project(Kb), Kb, rtol=rt, atol=rt)
+
+
 def test_bad_input_is_named():
     with pytest.raises(ValueError, match="RelaxedScaleConv2d: scales must be increasing"):
         RelaxedScaleConv2d(1, 1, 3, scales=(2.0, 1.0))
@@ -154,5 +178,7 @@ def test_bad_input_is_named():
     conv = RelaxedScaleConv2d(2, 3, 3, scales=(1.0, 2.0))
     with pytest.raises(ValueError, match="expected 2 scale fields x 2 scales = 4 input channels, got 3"):
         conv(torch.randn(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="RelaxedScaleSteerableConv2d: expected 4 input channels, got 3"):
+        RelaxedScaleSteerableConv2d(4, 1, 3, lifting=True)(torch.randn(1, 3, 8, 8))
     with pytest.raises(ValueError, match="expected kernels"):
         conv.projector().project(torch.randn(3, 1, 1, 7, 7))

@@ -25,7 +25,7 @@ from ._eqreg import EqRegMethod
 from ._per import DenseMatrixTooLarge, PERMethod, check_subgroup, dense_bias_projector, dense_projector
 from ._relaxed import (GroupPool2d, RelaxedGroupConv2d, RelaxedLayerReport, RelaxedLiftingConv2d, RelaxedMethod,
                        RelaxedSteerableConv2d, relaxed_cnn, rotate_kernels)
-from ._relaxed_scale import RelaxedScaleConv2d, ScaleKernelProjector
+from ._relaxed_scale import RelaxedScaleConv2d, RelaxedScaleSteerableConv2d, ScaleKernelProjector
 from ._rpp import ResidualPathway, RPPMethod, rpp_, rpp_paths
 from ._sample import SampleOutputMethod
 from ._util import SHARED_OPTIONS, ElementSampler, grid_symmetries
@@ -36,7 +36,8 @@ __all__ = ["Method", "METHODS", "make_method", "available_methods", "method_info
            "SampleOutputMethod", "EqRegMethod", "WeightSampleMethod", "RPPMethod", "PERMethod", "RelaxedMethod",
            "ResidualPathway", "rpp_", "rpp_paths",
            "dense_projector", "dense_bias_projector", "check_subgroup", "DenseMatrixTooLarge",
-           "RelaxedLiftingConv2d", "RelaxedGroupConv2d", "RelaxedSteerableConv2d", "RelaxedScaleConv2d", "ScaleKernelProjector",
+           "RelaxedLiftingConv2d", "RelaxedGroupConv2d", "RelaxedSteerableConv2d", "RelaxedScaleConv2d",
+           "RelaxedScaleSteerableConv2d", "ScaleKernelProjector",
            "RelaxedLayerReport", "GroupPool2d",
            "relaxed_cnn", "rotate_kernels",
            "SHARED_OPTIONS", "ElementSampler", "grid_symmetries"]

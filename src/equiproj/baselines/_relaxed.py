@@ -20,7 +20,7 @@ from ..actions import KernelAction, transform_feature_map
 from ..groups import Representation, cyclic
 from ..projection import Projector
 from ._base import Method, register_method
-from ._relaxed_scale import RelaxedScaleConv2d
+from ._relaxed_scale import RelaxedScaleConv2d, RelaxedScaleSteerableConv2d
 from ._util import check_options, nonneg_float
 
 __all__ = ["RelaxedLiftingConv2d", "RelaxedGroupConv2d", "RelaxedSteerableConv2d", "GroupPool2d", "relaxed_cnn",
@@ -511,7 +511,7 @@ class RelaxedLayerReport:
         return getattr(self, key)
 
 
-_RELAXED_TYPES = (_RelaxedConv, RelaxedSteerableConv2d, RelaxedScaleConv2d)
+_RELAXED_TYPES = (_RelaxedConv, RelaxedSteerableConv2d, RelaxedScaleConv2d, RelaxedScaleSteerableConv2d)
 _PENALTIES = ("relaxation", "projection")
 
 
@@ -578,7 +578,7 @@ class RelaxedMethod(Method):
         self.layers = [(n, m) for n, m in model.named_modules() if isinstance(m, _RELAXED_TYPES)]
         if not self.layers:
             raise ValueError(f"method {self.name!r}: the model has no RelaxedLiftingConv2d, RelaxedGroupConv2d, "
-                             "RelaxedSteerableConv2d or RelaxedScaleConv2d layers; build one with "
+                             "RelaxedSteerableConv2d or RelaxedScale(Steerable)Conv2d layers; build one with "
                              "equiproj.baselines.relaxed_cnn or these "
                              "layers")
 

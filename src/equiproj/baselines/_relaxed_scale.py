@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["ScaleKernelProjector", "RelaxedScaleConv2d", "dilation_matrices"]
+__all__ = ["ScaleKernelProjector", "RelaxedScaleConv2d", "RelaxedScaleSteerableConv2d", "dilation_matrices"]
 
 
 def _check_scales(scales: Sequence[float], layer: str) -> Tuple[float, ...]:
@@ -139,6 +139,33 @@ class ScaleKernelProjector:
         return torch.einsum("sna,sab,snb->", delta, Ms, delta)
 
 
+def _check_ints(layer: str, **values) -> None:
+    for nm, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{layer}: {nm} must be a positive integer, got {v!r}")
+
+
+def _scale_conv(layer, x: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """The convolution of a scale layer with its kernels ``K`` ``(S, O, C, K, K)``: lifting
+    (``C`` channels in) or scale by scale (``C * S`` channels in, field-major), ``O * S`` out."""
+    S, O, C = K.shape[0], K.shape[1], K.shape[2]
+    name = type(layer).__name__
+    if layer.lifting:
+        if x.shape[1] != C:
+            raise ValueError(f"{name}: expected {C} input channels, got {x.shape[1]}")
+        y = F.conv2d(x, K.transpose(0, 1).reshape(O * S, C, *K.shape[-2:]), padding=layer.padding)
+    else:
+        B, CS, H, W = x.shape
+        if CS != C * S:
+            raise ValueError(f"{name}: expected {C} scale fields x {S} scales = {C * S} input channels, got {CS}")
+        xs = x.reshape(B, C, S, H, W).transpose(1, 2).reshape(B, S * C, H, W)
+        y = F.conv2d(xs, K.reshape(S * O, C, *K.shape[-2:]), padding=layer.padding, groups=S)
+        y = y.reshape(B, S, O, *y.shape[-2:]).transpose(1, 2).reshape(B, O * S, *y.shape[-2:])
+    if layer.bias is not None:
+        y = y + layer.bias.repeat_interleave(S).view(1, -1, 1, 1)
+    return y
+
+
 class RelaxedScaleConv2d(nn.Module):
     r"""Relaxed scale-space convolution: ``L`` filter banks, combined with weights per scale.
 
@@ -193,10 +220,8 @@ class RelaxedScaleConv2d(nn.Module):
                  bias: bool = True, equal_weights: bool = False, dtype=None, device=None):
         super().__init__()
         name = type(self).__name__
-        for nm, v in (("in_channels", in_channels), ("out_channels", out_channels), ("kernel_size", kernel_size),
-                      ("num_banks", num_banks)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: {nm} must be a positive integer, got {v!r}")
+        _check_ints(name, in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size,
+                    num_banks=num_banks)
         if kernel_size % 2 == 0:
             raise ValueError(f"{name}: kernel_size must be odd (a centred filter), got {kernel_size}")
         self.scales = _check_scales(scales, name)
@@ -235,24 +260,7 @@ class RelaxedScaleConv2d(nn.Module):
         return self._projector
 
     def forward(self, x):
-        S, O = self.N, self.out_channels
-        K = self.kernel()
-        if self.lifting:
-            if x.shape[1] != self.in_channels:
-                raise ValueError(f"{type(self).__name__}: expected {self.in_channels} input channels, got {x.shape[1]}")
-            w = K.transpose(0, 1).reshape(O * S, self.in_channels, *K.shape[-2:])
-            y = F.conv2d(x, w, padding=self.padding)
-        else:
-            B, CS, H, W = x.shape
-            if CS != self.in_channels * S:
-                raise ValueError(f"{type(self).__name__}: expected {self.in_channels} scale fields x {S} scales = "
-                                 f"{self.in_channels * S} input channels, got {CS}")
-            xs = x.reshape(B, self.in_channels, S, H, W).transpose(1, 2).reshape(B, S * self.in_channels, H, W)
-            y = F.conv2d(xs, K.reshape(S * O, self.in_channels, *K.shape[-2:]), padding=self.padding, groups=S)
-            y = y.reshape(B, S, O, *y.shape[-2:]).transpose(1, 2).reshape(B, O * S, *y.shape[-2:])
-        if self.bias is not None:
-            y = y + self.bias.repeat_interleave(S).view(1, -1, 1, 1)
-        return y
+        return _scale_conv(self, x, self.kernel())
 
     def relaxation_penalty(self, norm: str = "l1") -> torch.Tensor:
         """``sum_l sum_s |w_l(s + 1) - w_l(s)|`` (``'l2'``: squares); zero exactly when the
@@ -277,3 +285,109 @@ class RelaxedScaleConv2d(nn.Module):
                 f"scales={tuple(round(s, 3) for s in self.scales)}, num_banks={self.num_banks}, "
                 f"lifting={self.lifting}, equal_weights={self.equal_weights}")
 
+
+
+class RelaxedScaleSteerableConv2d(nn.Module):
+    r"""Relaxed scale-steerable convolution: coefficients of dilated basis filters that depend on
+    the kernel position (the scale analogue of :class:`RelaxedSteerableConv2d`; Wang et al.'s
+    relaxed scale-steerable model relaxes its basis coefficients the same way).
+
+    With the ``k^2`` pixel filters ``e_j`` of a ``k x k`` kernel as the basis and their
+    dilations ``D_s e_j`` (module docstring), the kernel at scale ``s`` and position ``u`` of the
+    ``K x K`` grid is
+
+    .. math:: K_s[o, c](u) = \sum_j w_{ocj}(u)\, (D_s e_j)(u).
+
+    When the coefficients do not depend on ``u`` this is ``D_s`` of the filter ``sum_j w_{ocj}
+    e_j``: the strict scale-equivariant layer (the same family as
+    :class:`RelaxedScaleConv2d` with equal weights). The relaxation penalty is the mean
+    absolute difference of the coefficients at consecutive positions (row-major, as
+    :meth:`RelaxedSteerableConv2d.relaxation_penalty`); the projection defect is ``||K - P(K)||_F``
+    of the materialised kernels with :class:`ScaleKernelProjector`. ``lifting``, the layout,
+    the bias and the scales are those of :class:`RelaxedScaleConv2d`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> conv = RelaxedScaleSteerableConv2d(2, 3, 3, scales=(1.0, 2.0), lifting=True)
+    >>> tuple(conv(torch.randn(1, 2, 16, 16)).shape), float(conv.projection_defect().detach()) < 1e-6
+    ((1, 6, 16, 16), True)
+    >>> with torch.no_grad():
+    ...     _ = conv.relaxed_weights[..., 10].add_(1.0)      # one kernel position
+    >>> float(conv.projection_defect().detach()) > 1e-3, float(conv.relaxation_penalty().detach()) > 0
+    (True, True)
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
+                 scales: Sequence[float] = (1.0, 2 ** 0.5, 2.0), lifting: bool = False, bias: bool = True,
+                 equal_weights: bool = False, dtype=None, device=None):
+        super().__init__()
+        name = type(self).__name__
+        _check_ints(name, in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size)
+        if kernel_size % 2 == 0:
+            raise ValueError(f"{name}: kernel_size must be odd (a centred filter), got {kernel_size}")
+        self.scales = _check_scales(scales, name)
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
+        self.lifting, self.equal_weights = bool(lifting), bool(equal_weights)
+        self._projector = ScaleKernelProjector(self.scales, kernel_size)
+        self.padding = self._projector.size // 2
+        k2, S, Kn = kernel_size ** 2, len(self.scales), self._projector.size
+        dtype = dtype or torch.get_default_dtype()
+        unit = torch.eye(k2, dtype=torch.float64).reshape(k2, kernel_size, kernel_size)
+        basis = self._projector.dilate(unit.expand(S, k2, kernel_size, kernel_size))  # (S, k^2, K, K)
+        self.register_buffer("basis", basis.reshape(S, k2, Kn * Kn).to(dtype=dtype, device=device), persistent=False)
+        std = 1.0 / math.sqrt(in_channels * k2)
+        coef = torch.empty(out_channels, in_channels, k2, 1, dtype=dtype, device=device).uniform_(-math.sqrt(3) * std,
+                                                                                                  math.sqrt(3) * std)
+        self.relaxed_weights = nn.Parameter(coef if equal_weights else coef.repeat(1, 1, 1, Kn * Kn).contiguous())
+        self.bias = nn.Parameter(torch.zeros(out_channels, dtype=dtype, device=device)) if bias else None
+
+    @property
+    def N(self) -> int:
+        """The number of scales."""
+        return len(self.scales)
+
+    @property
+    def num_banks(self) -> int:
+        """The number of basis filters per channel pair (``k^2``)."""
+        return self.kernel_size ** 2
+
+    def _weights(self) -> torch.Tensor:
+        return self.relaxed_weights.reshape(-1, self.relaxed_weights.shape[-1])
+
+    def kernel(self) -> torch.Tensor:
+        """The materialised kernels ``(S, C_out, C_in, K, K)``."""
+        Kn = self._projector.size
+        w = self.relaxed_weights.expand(-1, -1, -1, Kn * Kn)
+        K = torch.einsum("ocju,sju->socu", w, self.basis.to(w.dtype))
+        return K.reshape(len(self.scales), self.out_channels, self.in_channels, Kn, Kn)
+
+    def projector(self) -> ScaleKernelProjector:
+        return self._projector
+
+    def forward(self, x):
+        return _scale_conv(self, x, self.kernel())
+
+    def relaxation_penalty(self, norm: str = "l1") -> torch.Tensor:
+        """The mean of ``|w(u) - w(u')|`` (``'l2'``: of the squares) over consecutive kernel
+        positions; zero exactly when the coefficients do not depend on the position."""
+        w = self.relaxed_weights
+        if w.shape[-1] == 1:
+            return w.sum() * 0
+        d = w[..., 1:] - w[..., :-1]
+        if norm == "l1":
+            return d.abs().mean()
+        if norm == "l2":
+            return d.pow(2).mean()
+        raise ValueError(f"relaxation penalty norm must be 'l1' or 'l2', got {norm!r}")
+
+    def projection_defect(self) -> torch.Tensor:
+        """``||K - P(K)||_F`` of the materialised kernels, differentiable."""
+        K = self.kernel()
+        sq = (K - self._projector.project(K)).pow(2).sum()
+        return sq.clamp_min(1e-30).sqrt()
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"scales={tuple(round(s, 3) for s in self.scales)}, lifting={self.lifting}, "
+                f"equal_weights={self.equal_weights}")

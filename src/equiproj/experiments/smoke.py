@@ -39,9 +39,11 @@ not declared), and ``gconv`` is the relaxed scale-space network
 (:class:`equiproj.baselines.RelaxedScaleConv2d`: ``banks`` filter banks combined with weights per
 scale, the preset's ``scales``; a lifting layer, scale-by-scale hidden layers, a weight-tied
 last layer and the mean over the scales), with ``P`` the orthogonal projection onto the
-weight-tied kernels (:class:`equiproj.baselines.ScaleKernelProjector`). ``steer`` has no scale
-version here (Wang et al.'s scale-steerable model is not built). The C4 equivariance errors are
-``nan`` for this case.
+weight-tied kernels (:class:`equiproj.baselines.ScaleKernelProjector`); ``steer`` is the same
+network of relaxed scale-steerable convolutions
+(:class:`equiproj.baselines.RelaxedScaleSteerableConv2d`: dilated basis filters with
+coefficients that depend on the kernel position). The C4 equivariance errors are ``nan`` for
+this case.
 
 For ``gconv`` and ``steer``, method ``relaxed`` adds Wang et al.'s relaxation penalty
 (``--option penalty=relaxation``, default) or the projection penalty of every relaxed layer's
@@ -74,7 +76,7 @@ from torch import nn
 
 from ..actions import feature_map_action
 from ..baselines import (GroupPool2d, RelaxedGroupConv2d, RelaxedLiftingConv2d, RelaxedScaleConv2d,
-                         RelaxedSteerableConv2d)
+                         RelaxedScaleSteerableConv2d, RelaxedSteerableConv2d)
 from ..baselines._relaxed import _RELAXED_TYPES
 from ..data.smoke import SMOKE_CASES, SMOKE_PRESETS, SmokeConfig, make_smoke_data
 from ..groups import cyclic
@@ -111,7 +113,8 @@ def build_net(arch: str, in_frames: int = 10, width: int = 16, depth: int = 3, k
     output ``standard``); ``gconv`` and ``steer`` are built from relaxed layers, strictly
     equivariant when ``equal_weights``. With ``scales`` (the scale case) ``gconv`` is the relaxed
     scale-space network of :class:`equiproj.baselines.RelaxedScaleConv2d` (``width / 4`` scale
-    fields) and ``convnet`` is not declared.
+    fields), ``steer`` the same with :class:`equiproj.baselines.RelaxedScaleSteerableConv2d`, and
+    ``convnet`` is not declared.
 
     Examples
     --------
@@ -152,14 +155,17 @@ def build_net(arch: str, in_frames: int = 10, width: int = 16, depth: int = 3, k
         return net
     f = width // 4
     if scales is not None:
-        if arch != "gconv":
-            raise ValueError(f"arch={arch!r} has no scale version; the scale case has arch='gconv' (relaxed scale-space "
-                             "convolutions) and arch='convnet'")
-        layers += [RelaxedScaleConv2d(c_in, f, kernel, scales=scales, num_banks=banks, lifting=True,
-                                      equal_weights=equal_weights), nn.ReLU()]
+        if arch == "gconv":
+            def scale_layer(i, o, lifting):
+                return RelaxedScaleConv2d(i, o, kernel, scales=scales, num_banks=banks, lifting=lifting,
+                                          equal_weights=equal_weights)
+        else:
+            def scale_layer(i, o, lifting):
+                return RelaxedScaleSteerableConv2d(i, o, kernel, scales=scales, lifting=lifting,
+                                                   equal_weights=equal_weights)
+        layers += [scale_layer(c_in, f, True), nn.ReLU()]
         for _ in range(depth - 2):
-            layers += [RelaxedScaleConv2d(f, f, kernel, scales=scales, num_banks=banks, equal_weights=equal_weights),
-                       nn.ReLU()]
+            layers += [scale_layer(f, f, False), nn.ReLU()]
         last = RelaxedScaleConv2d(f, 2, kernel, scales=scales, num_banks=1, equal_weights=True)
         with torch.no_grad():
             last.relaxed_weights.zero_()
@@ -309,9 +315,6 @@ class SmokeExperiment(Experiment):
             if cfg.method in _CONVNET_ONLY:
                 raise ValueError(f"method {cfg.method!r} needs a finite group to declare the ConvNet for, and the scale "
                                  "case has none: use method 'plain' (arch=convnet or gconv) or 'relaxed' (arch=gconv)")
-            if o["arch"] == "steer":
-                raise ValueError("arch='steer' has no scale version: the scale case has arch='gconv' (relaxed "
-                                 "scale-space convolutions) and arch='convnet'")
         if o["arch"] not in ARCHES:
             raise ValueError(f"option arch must be one of {', '.join(map(repr, ARCHES))}, got {o['arch']!r}")
         if cfg.method in _CONVNET_ONLY and o["arch"] != "convnet":
