@@ -483,7 +483,12 @@ class SmokeExperiment(Experiment):
             parts.append(markdown_table(rs, ["model", "lambda_perp"], cols, labels))
             tag = f"{case}_{preset}_lvl{level:g}"
             # one colour per model in every figure of this case
-            colours = {m: f"C{i % 10}" for i, m in enumerate(sorted({r["model"] for r in rs}))}
+            names = sorted({r["model"] for r in rs})
+            if len(names) <= 10:
+                colours = {m: f"C{i}" for i, m in enumerate(names)}
+            else:  # more models than the default cycle has colours
+                cmap = plt.get_cmap("tab20")
+                colours = {m: matplotlib.colors.to_hex(cmap(i % 20)) for i, m in enumerate(names)}
             fig = self._lambda_plot(rs, tag, out, plt, colours)
             if fig:
                 parts.append(f"\n![{case}: RMSE against lambda]({fig})\n")
