@@ -204,13 +204,15 @@ def _fmt(r):
 
 def merge(paths, out):
     results = [json.load(open(p)) for p in sorted(paths)]
-    order = {"before": 0, "after": 1, "split-batched": 2}
+    order = {"before": 0, "after": 1, "split-batched": 2, "pre-fused": 3, "fused": 4}
     results.sort(key=lambda r: (order.get(r["label"].split()[0], 2), r["label"]))
     lines = ["## Penalty cost against a plain step", "",
              "Made by `benchmarks/bench_penalty.py` (see its docstring): one thread, ratios within one run. "
              "`before` is the code before the batched penalty and `after` the code with it (version 0.2.0), "
-             "`split-batched` the split scheme evaluated in one node per model (after 0.2.0); each column pair was "
-             "measured in one session with its neighbour; "
+             "`split-batched` the split scheme evaluated in one node per model (after 0.2.0), `pre-fused` "
+             "and `fused` the code before and after the penalty became one autograd node with its closed-form "
+             "gradient (and the leaner proximal step); each column pair was measured in one session with its "
+             "neighbour (absolute times differ between sessions); "
              "*share* = penalty forward+backward / plain Adam step, *ratio* = this step / plain step (or the named "
              "quotient). Targets of issue 11: share <= 5 % (unet2d-C4), spectral / spatial <= 1.5, "
              "projection step <= 1.3x plain (mlp-C8), proximal no costlier than penalty.", ""]

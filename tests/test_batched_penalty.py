@@ -54,10 +54,13 @@ def test_batched_matches_layer_by_layer(case, norm, scheme, dtype):
     for n in ref:
         for a, b in zip(batched[n], ref[n]):
             assert torch.allclose(a, b, rtol=TOL[dtype], atol=TOL[dtype]), (n, float(a), float(b))
-    # the gradients agree too
-    g_b = torch.autograd.grad(reg.value(), list(net.parameters()), allow_unused=True)
+    # the fused penalty (one autograd node, closed-form gradient) has the reference's value and gradients
+    v_b = reg.value()
+    g_b = torch.autograd.grad(v_b, list(net.parameters()), allow_unused=True)
     reg.batched = False
-    g_r = torch.autograd.grad(reg.value(), list(net.parameters()), allow_unused=True)
+    v_r = reg.value()
+    assert torch.allclose(v_b, v_r, rtol=TOL[dtype], atol=TOL[dtype]), (float(v_b), float(v_r))
+    g_r = torch.autograd.grad(v_r, list(net.parameters()), allow_unused=True)
     for a, b in zip(g_b, g_r):
         if a is None or b is None:
             assert a is None and b is None
@@ -86,6 +89,50 @@ def test_zero_defect_has_zero_gradient():
     reg.project_()
     g = torch.autograd.grad(reg(), list(net.parameters()), allow_unused=True)
     assert all(x is None or bool(torch.isfinite(x).all()) for x in g)
+    # the layers are exactly equivariant, so ||W - P W|| = 0 and its gradient is 0 (as safe_sqrt), not nan
+    assert float(reg()) == 0.0
+    assert all(x is None or float(x.abs().max()) == 0.0 for x in g)
+
+
+@pytest.mark.parametrize("norm", ["fro", "fro2"])
+def test_fused_penalty_gradient_is_the_closed_form(norm, dtype):
+    """d/dW lambda ||W - P W|| = lambda (W - P W) / ||W - P W|| for an orthogonal P; squared: 2 lambda (W - P W)."""
+    G = cyclic(4)
+    torch.manual_seed(3)
+    net = nn.Sequential(RepLinear(G.regular(), 2 * G.regular()), RepLinear(2 * G.regular(), G.regular() + G.trivial()))
+    net = net.to(dtype)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    reg = ProjectionRegulariser(net, lambda_perp=0.7, norm=norm, scheme="penalty", include_bias=False)
+    v = reg.value()
+    grads = torch.autograd.grad(v, [net[0].weight, net[1].weight])
+    want_v = 0.0
+    for layer, g in zip(net, grads):
+        P = layer.equiproj_spec.projector
+        R = layer.weight.detach() - P.project(layer.weight.detach())
+        want = 1.4 * R if norm == "fro2" else 0.7 * R / R.norm()
+        want_v = want_v + (0.7 * R.pow(2).sum() if norm == "fro2" else 0.7 * R.norm())
+        assert torch.allclose(g, want, rtol=TOL[dtype], atol=TOL[dtype])
+    assert torch.allclose(v, torch.as_tensor(want_v, dtype=dtype), rtol=TOL[dtype])
+
+
+@pytest.mark.parametrize("norm", ["fro", "fro2"])
+def test_fused_penalty_second_derivative_matches_reference(norm):
+    """Hessian-vector products (create_graph=True) through the fused node equal the layer-by-layer ones."""
+    net = _mixed(torch.float64)
+    reg = ProjectionRegulariser(net, lambda_perp=0.5, lambda_G=0.3, norm=norm, scheme="penalty")
+    params = [p for p in net.parameters()]
+    vs = [torch.randn_like(p) for p in params]
+    hv = []
+    for batched in (True, False):
+        reg.batched = batched
+        gs = torch.autograd.grad(reg.value(), params, create_graph=True)
+        dot = sum((g * v).sum() for g, v in zip(gs, vs))
+        hv.append(torch.autograd.grad(dot, params))
+    for a, b in zip(*hv):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-10)
+    assert max(float(a.abs().max()) for a in hv[0]) > 1e-3  # a real, non-zero curvature
 
 
 def test_plan_follows_structure_changes():
@@ -179,3 +226,19 @@ def test_mixed_dtypes_fall_back_to_layer_by_layer():
     assert reg._plan() is None
     terms = list(reg.terms())
     assert len(terms) == 2 and terms[1][1].dtype == torch.float64
+
+
+def test_plan_follows_a_change_of_lambda_G():
+    """Raising lambda_G from 0 after the first evaluation adds the split layers' P(A) terms."""
+    net = _mixed(torch.float64)
+    reg = ProjectionRegulariser(net, lambda_perp=0.5, lambda_G=0.0, scheme="split")
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    float(reg())
+    reg.lambda_G = 0.4
+    got = float(reg())
+    reg.batched = False
+    want = float(reg())
+    assert got == pytest.approx(want, rel=1e-10)
+    assert want > float(ProjectionRegulariser(net, lambda_perp=0.5, lambda_G=0.0, scheme="split")()) + 1e-3

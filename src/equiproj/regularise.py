@@ -353,6 +353,17 @@ def _is_split(m: nn.Module, name: str) -> bool:
     return isinstance(getattr(m.parametrizations, name)[0], SplitParametrization)
 
 
+def _tensor_kind(m: nn.Module, name: str) -> int:
+    """0: the layer has no tensor ``name``; 1: a tensor; 2: a parametrised one; 3: one parametrised
+    by a :class:`SplitParametrization` (what :func:`_has` and :func:`_is_split` say, without
+    evaluating a parametrisation)."""
+    pd = m._modules.get("parametrizations")
+    plist = None if pd is None else pd._modules.get(name)
+    if plist is not None:
+        return 3 if isinstance(plist._modules.get("0"), SplitParametrization) else 2
+    return int(isinstance(getattr(m, name, None), torch.Tensor))
+
+
 def _sources(m: nn.Module, name: str) -> Tuple[torch.Tensor, torch.Tensor]:
     """The tensors whose equivariant and non-equivariant parts are those of the layer's ``name``:
     ``(A, B)`` for a split parametrisation (``P(W) = P(A)``, ``W - P(W) = (I - P) B``), else the
@@ -666,6 +677,7 @@ class ProjectionRegulariser(nn.Module):
         self._eq_norms = {name: base.fresh() for name, _, _ in self.layers}
         self._hook = None
         self._prox_value: Optional[float] = None
+        self._prox_steps = None
         #: Whether the Frobenius penalty is computed by the batched plan (see ``equiproj.projection._batched``).
         self.batched = True
         self._batch = None
@@ -682,25 +694,32 @@ class ProjectionRegulariser(nn.Module):
 
     # ------------------------------------------------------------------ the batched penalty
     def _structure(self) -> tuple:
-        """What the batched plan depends on: per layer, whether weight and bias are split and
-        whether the bias is penalised."""
-        return tuple((_is_split(m, spec.weight_name),
-                      _penalised_bias(m, spec, self.include_bias) and _is_split(m, spec.bias_name),
-                      _penalised_bias(m, spec, self.include_bias)) for _, m, spec in self.layers)
+        """What the batched plan depends on: whether there is an equivariant term and, per layer,
+        whether weight and bias are split and whether the bias is penalised (evaluated at every
+        step, so it reads the module dictionaries directly)."""
+        sig = [self.lambda_G > 0]
+        for _, m, spec in self.layers:
+            w = _tensor_kind(m, spec.weight_name)
+            b = _tensor_kind(m, spec.bias_name) if (
+                spec.include_bias if self.include_bias is None else self.include_bias) else 0
+            sig.append((w == 3, b == 3, b > 0))
+        return tuple(sig)
 
     def _plan(self):
         """The batched Frobenius plan (``None`` for other norms), rebuilt when the structure changes."""
-        if type(get_norm(self.norm_spec)) not in (Frobenius, FrobeniusSquared) or not self.batched:
-            return None
-        if self._batch is None and not self._batchable():
-            self.batched = False  # custom projectors or complex weights: layer by layer
+        if not self.batched:
             return None
         sig = self._structure()
         if self._batch is not None and self._batch_sig == sig:
             return self._batch
-        need_eq = self.lambda_G > 0
+        if type(get_norm(self.norm_spec)) not in (Frobenius, FrobeniusSquared):
+            return None
+        if self._batch is None and not self._batchable():
+            self.batched = False  # custom projectors or complex weights: layer by layer
+            return None
+        need_eq = sig[0]
         entries, getters = [], []
-        for i, ((_, m, spec), (split_w, split_b, has_b)) in enumerate(zip(self.layers, sig)):
+        for i, ((_, m, spec), (split_w, split_b, has_b)) in enumerate(zip(self.layers, sig[1:])):
             for role, split, on in (("weight", split_w, True), ("bias", split_b, has_b)):
                 if not on:
                     continue
@@ -777,11 +796,10 @@ class ProjectionRegulariser(nn.Module):
 
     def value(self) -> torch.Tensor:
         """The penalty's value at the current weights (differentiable), whatever the scheme."""
-        both = self._batched_terms()
-        if both is not None:
-            perp, eq = both
-            total = self.lambda_perp * perp.sum()
-            return total + self.lambda_G * eq.sum() if self.lambda_G > 0 else total
+        plan = self._plan()
+        if plan is not None:
+            batched, getters, squared = plan
+            return batched.penalty(self._plan_tensors(getters), self.lambda_perp, self.lambda_G, squared)
         total = None
         for _, perp, eq in self.terms():
             t = self.lambda_perp * perp + self.lambda_G * eq
@@ -934,8 +952,11 @@ class ProjectionRegulariser(nn.Module):
             t_eq[i] = 0.0 if b is None else b
         need_eq = self.lambda_G > 0
         ref = tensors[0]
-        tp = torch.tensor(t_perp, dtype=ref.dtype, device=ref.device)
-        te = torch.tensor(t_eq, dtype=ref.dtype, device=ref.device)
+        key = (tuple(t_perp), tuple(t_eq), ref.dtype, ref.device)
+        if self._prox_steps is None or self._prox_steps[0] != key:  # kept while the step sizes stay
+            self._prox_steps = (key, torch.tensor(t_perp, dtype=ref.dtype, device=ref.device),
+                                torch.tensor(t_eq, dtype=ref.dtype, device=ref.device))
+        _, tp, te = self._prox_steps
 
         def factors(perp2, eq2):
             fp = self._shrink_factors(perp2.clamp_min(0).sqrt(), tp, self.lambda_perp, sq)
@@ -957,8 +978,9 @@ class ProjectionRegulariser(nn.Module):
             return torch.ones_like(n)
         if sq:
             return 1.0 / (1.0 + 2.0 * t * lam)
-        f = torch.clamp(1.0 - t * lam / torch.where(n > 0, n, torch.ones_like(n)), min=0.0)
-        return torch.where((n > 0) & (t > 0), f, torch.ones_like(n))
+        # 1 - t lam / n, at least 0; n = 0 gives 1/n = inf and the factor 0 (its part is 0 anyway),
+        # t = 0 gives 0 * inf = nan and the factor 1 (a part the optimiser does not hold)
+        return (1.0 - (t * lam) * n.reciprocal()).nan_to_num_(nan=1.0).clamp_min_(0.0)
 
     # ------------------------------------------------------------------ state, report
     def state_dict(self, *args, **kwargs) -> dict:

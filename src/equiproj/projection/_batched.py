@@ -96,6 +96,142 @@ class _PairSquares(torch.autograd.Function):
         return grad, None, None
 
 
+class _PenaltyFn(torch.autograd.Function):
+    """:meth:`BatchedFrobenius.penalty`: the scalar penalty of the stacked inputs, with the
+    gradient ``c_l (X - P X) + e_l P X`` per layer (coefficients from the forward pass).
+
+    Slot ``n_layers`` of the per-layer sums collects what no layer counts (the ``A`` of a split
+    weight has no non-equivariant part, its ``B`` no equivariant part); it exists only when some
+    entry needs it, and its coefficient is 0."""
+
+    @staticmethod
+    def forward(ctx, B, T, lam_perp, lam_G, squared, need_eq, n_orbit, *tensors):
+        L = B.n_layers
+        slots = L + 1 if B._spare_slot else L
+        saved = []
+        Xs = tensors[n_orbit:]
+        if n_orbit:
+            o = T["orbit"]
+            flat = torch.cat([t.reshape(-1) for t in tensors[:n_orbit]])
+            sums = flat.new_zeros(o["inv"].shape[0]).scatter_add_(0, o["ids"], flat)
+            mean = sums * o["inv"]
+            proj = mean.index_select(0, o["ids"])
+            r = flat - proj
+            perp2 = _slot_sums(r * r, o, "perp", slots)
+            eq2 = _slot_sums(sums * mean, o, "eq", slots) if need_eq else None
+            saved += [r, proj]
+        else:
+            perp2 = tensors[0].new_zeros(slots)
+            eq2 = tensors[0].new_zeros(slots) if need_eq else None
+        for (pair, _, _, _), (lp, le), X in zip(B._pairs, T["pairs"], Xs):
+            if pair.dim == 0:
+                PX = torch.zeros_like(X)
+                R = X
+            else:
+                copies = getattr(pair, "project_copies", None)
+                PX = copies(X) if copies is not None else pair.project(X[:, :, None, :])[:, :, 0, :]
+                R = X - PX
+            perp2.index_add_(0, lp, (R * R).sum((1, 2)))
+            if need_eq:
+                eq2.index_add_(0, le, (PX * PX).sum((1, 2)))
+            saved += [R, PX]
+        c_perp, value = _coefficients(perp2, lam_perp, squared, L)
+        c_eq = None
+        if need_eq:
+            c_eq, v_eq = _coefficients(eq2, lam_G, squared, L)
+            value = value + v_eq
+        ctx.save_for_backward(c_perp, c_eq, *saved, *tensors)
+        ctx.args = (B, T, lam_perp, lam_G, squared, need_eq, n_orbit)
+        ctx.T, ctx.need_eq, ctx.n_saved, ctx.seg_len = T, need_eq, len(saved), B._seg_len
+        ctx.shapes = [t.shape for t in tensors[:n_orbit]]
+        return value
+
+    @staticmethod
+    def backward(ctx, g):
+        c_perp, c_eq, *saved = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: differentiate the unfused expression instead
+            inputs = saved[ctx.n_saved:]
+            with torch.enable_grad():
+                v = _penalty_graph(*ctx.args, inputs)
+            grads = torch.autograd.grad(v, inputs, g, create_graph=True, allow_unused=True)
+            return (None,) * 7 + tuple(grads)
+        c_perp = c_perp * g
+        if ctx.need_eq:
+            c_eq = c_eq * g
+        grads = []
+        k = 0
+        if ctx.shapes:  # one product for all orbit-plan tensors, returned as views of it
+            o = ctx.T["orbit"]
+            r, proj = saved[0], saved[1]
+            k = 2
+            gf = r * c_perp.index_select(0, o["elem_perp"])
+            if ctx.need_eq:
+                gf = gf + proj * c_eq.index_select(0, o["elem_eq"])
+            grads += [v.view(shape) for v, shape in zip(gf.split(ctx.seg_len), ctx.shapes)]
+        for lp, le in ctx.T["pairs"]:
+            R, PX = saved[k], saved[k + 1]
+            k += 2
+            gX = R * c_perp.index_select(0, lp)[:, None, None]
+            if ctx.need_eq:
+                gX = gX + PX * c_eq.index_select(0, le)[:, None, None]
+            grads.append(gX)
+        return (None, None, None, None, None, None, None, *grads)
+
+
+def _penalty_graph(B, T, lam_perp, lam_G, squared, need_eq, n_orbit, tensors) -> torch.Tensor:
+    """:class:`_PenaltyFn`'s value through differentiable operations only (slow; used for second
+    derivatives)."""
+    L = B.n_layers
+    slots = L + 1 if B._spare_slot else L
+    perp2 = tensors[0].new_zeros(slots)
+    eq2 = tensors[0].new_zeros(slots)
+    if n_orbit:
+        o = T["orbit"]
+        flat = torch.cat([t.reshape(-1) for t in tensors[:n_orbit]])
+        proj = (flat.new_zeros(o["inv"].shape[0]).index_add(0, o["ids"], flat) * o["inv"]).index_select(0, o["ids"])
+        r = flat - proj
+        perp2 = perp2.index_add(0, o["elem_perp"], r * r)
+        eq2 = eq2.index_add(0, o["elem_eq"], proj * proj)
+    for (pair, _, _, _), (lp, le), X in zip(B._pairs, T["pairs"], tensors[n_orbit:]):
+        copies = getattr(pair, "project_copies", None)
+        if pair.dim == 0:
+            PX = torch.zeros_like(X)
+        else:
+            PX = copies(X) if copies is not None else pair.project(X[:, :, None, :])[:, :, 0, :]
+        R = X - PX
+        perp2 = perp2.index_add(0, lp, (R * R).sum((1, 2)))
+        eq2 = eq2.index_add(0, le, (PX * PX).sum((1, 2)))
+    f = (lambda t: t) if squared else safe_sqrt
+    value = lam_perp * f(perp2[:L]).sum()
+    return value + lam_G * f(eq2[:L]).sum() if need_eq else value
+
+
+def _slot_sums(v: torch.Tensor, o: dict, side: str, slots: int) -> torch.Tensor:
+    """Per-slot sums of the per-element (``perp``) or per-orbit (``eq``) values ``v`` of the
+    orbit-plan entries: one segmented sum when the entries come in slot order, else one per entry
+    and an ``index_add`` into the slots."""
+    lengths = o.get(f"slot_{side}")
+    if lengths is not None:
+        return torch.segment_reduce(v, "sum", lengths=lengths, unsafe=True)
+    per_entry = torch.segment_reduce(v, "sum", lengths=o["seg_len" if side == "perp" else "orb_len"], unsafe=True)
+    return v.new_zeros(slots).index_add_(0, o[f"e_{side}"], per_entry)
+
+
+def _coefficients(sq: torch.Tensor, lam: float, squared: bool, L: int):
+    """``(c, value)`` for per-layer squared norms ``sq``: the value ``lam sum_l f(sq_l)`` over the
+    first ``L`` slots and the gradient coefficients ``c_l = 2 lam f'(sq_l)`` (0 beyond ``L``, and at
+    a zero norm under the square root, as :func:`safe_sqrt`)."""
+    if squared:
+        value = sq[:L].sum() * lam
+        c = sq.new_full(sq.shape, 2 * lam)
+    else:
+        value = sq[:L].sqrt().sum() * lam
+        c = torch.nan_to_num(sq.rsqrt(), posinf=0.0) * lam  # rsqrt(0) = inf: a zero norm has gradient 0
+    if sq.shape[0] > L:
+        c[L:] = 0
+    return c, value
+
+
 @dataclass(frozen=True)
 class BatchEntry:
     """One tensor of one layer: ``projector`` acts on it (``bias``: through its bias projector),
@@ -179,6 +315,7 @@ class BatchedFrobenius:
                     g[2].append(torch.full((no * ni,), e.layer if e.perp else L, dtype=torch.long))
                     g[3].append(torch.full((no * ni,), e.layer if e.eq else L, dtype=torch.long))
         self._pairs = [(pair, blocks, torch.cat(lp), torch.cat(le)) for pair, blocks, lp, le in groups.values()]
+        self._spare_slot = any(not (e.perp and e.eq) for e in self.entries)
         self._dev: Dict[Tuple[str, torch.dtype], dict] = {}
 
     @property
@@ -194,6 +331,17 @@ class BatchedFrobenius:
             if self._orbit is not None:
                 t["orbit"] = {k: (v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device))
                               for k, v in self._orbit.items()}
+                seg = torch.tensor(self._seg_len, dtype=torch.long)
+                t["orbit"]["seg_len"] = seg.to(device)
+                t["orbit"]["orb_len"] = torch.tensor(self._orb_len, dtype=torch.long, device=device)
+                slots = self.n_layers + 1 if self._spare_slot else self.n_layers
+                for side, lens in (("perp", seg), ("eq", torch.tensor(self._orb_len, dtype=torch.long))):
+                    e = self._orbit[f"e_{side}"]
+                    # the layer slot of every element of the flat vector
+                    t["orbit"][f"elem_{side}"] = torch.repeat_interleave(e, seg).to(device)
+                    if bool((e[1:] >= e[:-1]).all()):  # entries in slot order: lengths per slot
+                        t["orbit"][f"slot_{side}"] = torch.zeros(slots, dtype=torch.long).index_add_(
+                            0, e, lens).to(device)
             t["pairs"] = [(lp.to(device), le.to(device)) for _, _, lp, le in self._pairs]
             t["perm"] = {}
             for i in self._pair_entries:
@@ -204,29 +352,15 @@ class BatchedFrobenius:
             self._dev[key] = t
         return t
 
-    def __call__(self, tensors: Sequence[torch.Tensor], need_eq: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
-        if len(tensors) != len(self.entries):
-            raise ValueError(f"expected {len(self.entries)} tensors, got {len(tensors)}")
-        ref = tensors[0]
-        T = self._tables(ref.device, ref.dtype)
-        L = self.n_layers
-        perp2 = ref.new_zeros(L + 1)
-        eq2 = ref.new_zeros(L + 1)
-        if self._orbit is not None:
-            o = T["orbit"]
+    def _inputs(self, tensors: Sequence[torch.Tensor], T: dict, flat: bool = True):
+        """The differentiable inputs of the stacked calls: the flat vector of the orbit-plan
+        entries (``None`` if there are none or not ``flat``) and, per pair group, the copies
+        ``(N, d_o, d_i)`` of its pair."""
+        if flat and self._orbit is not None:
             flat = torch.cat([tensors[i].reshape(-1) for i in self._orbit_entries])
-            if self.identity:
-                sums = flat.new_zeros(o["inv"].shape[0]).index_add(0, o["ids"], flat)
-                sq = sums * (sums * o["inv"])  # ||P(x)||^2 per orbit: n_o * mean_o^2
-                q2 = _segment_sums(sq, self._orb_len)
-                x2 = torch.stack([v.dot(v) for v in flat.split(self._seg_len)])
-                perp2 = perp2.index_add(0, o["e_perp"], x2 - q2)
-                if need_eq:
-                    eq2 = eq2.index_add(0, o["e_eq"], q2)
-            else:
-                p2, e2 = _OrbitSquares.apply(flat, o["ids"], o["inv"], self._seg_len, self._orb_len, o["e_perp"],
-                                             o["e_eq"], L + 1, need_eq)
-                perp2, eq2 = perp2 + p2, eq2 + e2
+        else:
+            flat = None
+        Xs: List[torch.Tensor] = []
         if self._pairs:
             mats: Dict[int, torch.Tensor] = {}
             for i in self._pair_entries:
@@ -239,25 +373,85 @@ class BatchedFrobenius:
                 if pi is not None:
                     M = M.index_select(-1, pi)
                 mats[i] = M
-            for (pair, blocks, _, _), (lp, le) in zip(self._pairs, T["pairs"]):
+            for pair, blocks, _, _ in self._pairs:
                 parts = [mats[i][so, si].reshape(no, do, ni, di).transpose(1, 2).reshape(no * ni, do, di)
                          for i, so, si, no, do, ni, di in blocks]
-                X = parts[0] if len(parts) == 1 else torch.cat(parts)
-                x2 = (X * X).sum((1, 2))
-                if pair.dim == 0:
-                    perp2 = perp2.index_add(0, lp, x2)
-                    continue
-                if isinstance(pair, BasisPair) and self.identity:
-                    Q = pair._t("Q", pair._Q, X)
-                    c = X.reshape(X.shape[0], -1) @ Q
-                    q2 = (c * c).sum(1)
-                    r2 = x2 - q2
-                else:
-                    r2, q2 = _PairSquares.apply(X, pair, need_eq)
-                perp2 = perp2.index_add(0, lp, r2)
+                Xs.append(parts[0] if len(parts) == 1 else torch.cat(parts))
+        return flat, Xs
+
+    def _check(self, tensors):
+        if len(tensors) != len(self.entries):
+            raise ValueError(f"expected {len(self.entries)} tensors, got {len(tensors)}")
+        ref = tensors[0]
+        return self._tables(ref.device, ref.dtype)
+
+    def __call__(self, tensors: Sequence[torch.Tensor], need_eq: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+        T = self._check(tensors)
+        ref = tensors[0]
+        L = self.n_layers
+        perp2 = ref.new_zeros(L + 1)
+        eq2 = ref.new_zeros(L + 1)
+        flat, Xs = self._inputs(tensors, T)
+        if flat is not None:
+            o = T["orbit"]
+            if self.identity:
+                sums = flat.new_zeros(o["inv"].shape[0]).index_add(0, o["ids"], flat)
+                sq = sums * (sums * o["inv"])  # ||P(x)||^2 per orbit: n_o * mean_o^2
+                q2 = _segment_sums(sq, self._orb_len)
+                x2 = torch.stack([v.dot(v) for v in flat.split(self._seg_len)])
+                perp2 = perp2.index_add(0, o["e_perp"], x2 - q2)
                 if need_eq:
-                    eq2 = eq2.index_add(0, le, q2)
+                    eq2 = eq2.index_add(0, o["e_eq"], q2)
+            else:
+                p2, e2 = _OrbitSquares.apply(flat, o["ids"], o["inv"], self._seg_len, self._orb_len, o["e_perp"],
+                                             o["e_eq"], L + 1, need_eq)
+                perp2, eq2 = perp2 + p2, eq2 + e2
+        for (pair, _, _, _), (lp, le), X in zip(self._pairs, T["pairs"], Xs):
+            x2 = (X * X).sum((1, 2))
+            if pair.dim == 0:
+                perp2 = perp2.index_add(0, lp, x2)
+                continue
+            if isinstance(pair, BasisPair) and self.identity:
+                Q = pair._t("Q", pair._Q, X)
+                c = X.reshape(X.shape[0], -1) @ Q
+                q2 = (c * c).sum(1)
+                r2 = x2 - q2
+            else:
+                r2, q2 = _PairSquares.apply(X, pair, need_eq)
+            perp2 = perp2.index_add(0, lp, r2)
+            if need_eq:
+                eq2 = eq2.index_add(0, le, q2)
         return perp2[:L], eq2[:L]
+
+    def penalty(self, tensors: Sequence[torch.Tensor], lambda_perp: float, lambda_G: float = 0.0,
+                squared: bool = False) -> torch.Tensor:
+        r"""The whole penalty ``sum_l lambda_perp f(||X_l - P X_l||^2) + lambda_G f(||P X_l||^2)`` as
+        one scalar (``f`` the square root, or the identity when ``squared``), in one autograd node.
+
+        The gradient is known in closed form, because ``P`` is an orthogonal projection:
+        ``d ||X - P X|| / dX = (X - P X) / ||X - P X||`` and ``d ||P X|| / dX = P X / ||P X||``
+        (0 at a zero norm, as :func:`safe_sqrt`), so the backward pass multiplies the residuals
+        and projections saved by the forward pass with one coefficient per layer: no projection,
+        no graph through the norms and the sums. A second derivative (``create_graph=True``) is
+        taken through the same expression in differentiable operations.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from equiproj import LinearProjector
+        >>> from equiproj.groups import cyclic
+        >>> P = LinearProjector(cyclic(4).regular(), 2 * cyclic(4).regular())
+        >>> W = torch.randn(8, 4, dtype=torch.float64, requires_grad=True)
+        >>> B = BatchedFrobenius([BatchEntry(P, 0)], n_layers=1)
+        >>> v = B.penalty([W], lambda_perp=0.5)
+        >>> bool(torch.allclose(v, 0.5 * (W - P.project(W)).norm()))
+        True
+        """
+        T = self._check(tensors)
+        _, Xs = self._inputs(tensors, T, flat=False)
+        orbit = [tensors[i] for i in self._orbit_entries]
+        return _PenaltyFn.apply(self, T, float(lambda_perp), float(lambda_G), bool(squared), lambda_G > 0,
+                                len(orbit), *orbit, *Xs)
 
     @torch.no_grad()
     def proximal_(self, tensors: Sequence[torch.Tensor], factors, need_eq: bool = True):
@@ -268,45 +462,44 @@ class BatchedFrobenius:
         ``(perp2, eq2, f_perp, f_eq)``."""
         ref = tensors[0]
         L = self.n_layers
+        slots = L + 1 if self._spare_slot else L
         T = self._tables(ref.device, ref.dtype)
-        perp2 = ref.new_zeros(L + 1)
-        eq2 = ref.new_zeros(L + 1)
-        flat = proj = None
+        flat = proj = r = None
         if self._orbit is not None:
             o = T["orbit"]
             flat = torch.cat([tensors[i].reshape(-1) for i in self._orbit_entries])
-            sums = flat.new_zeros(o["inv"].shape[0]).index_add_(0, o["ids"], flat)
+            sums = flat.new_zeros(o["inv"].shape[0]).scatter_add_(0, o["ids"], flat)
             mean = sums * o["inv"]
             proj = mean.index_select(0, o["ids"])
             r = flat - proj
-            perp2.index_add_(0, o["e_perp"], torch.stack([v.dot(v) for v in r.split(self._seg_len)]))
-            if need_eq:
-                eq2.index_add_(0, o["e_eq"], _segment_sums(sums * mean, self._orb_len))
+            perp2 = _slot_sums(r * r, o, "perp", slots)
+            eq2 = _slot_sums(sums * mean, o, "eq", slots) if need_eq else ref.new_zeros(slots)
+        else:
+            perp2, eq2 = ref.new_zeros(slots), ref.new_zeros(slots)
         projs = {}
         for i in self._pair_entries:
             e = self.entries[i]
             t = tensors[i]
             Px = e.projector.project_bias(t) if e.bias else e.projector.project(t)
             projs[i] = Px
-            r = t - Px
-            perp2[e.layer if e.perp else L] += (r * r).sum()
+            res = t - Px
+            perp2[e.layer if e.perp else L] += (res * res).sum()
             if need_eq and e.eq:
                 eq2[e.layer] += (Px * Px).sum()
         perp2, eq2 = perp2[:L], eq2[:L]
         f_perp, f_eq = factors(perp2, eq2)
-        one = ref.new_ones(1)
-        fp = torch.cat([f_perp.to(ref.dtype), one])
-        fe = None if f_eq is None else torch.cat([f_eq.to(ref.dtype), one])
+        fp, fe = f_perp.to(ref.dtype), None if f_eq is None else f_eq.to(ref.dtype)
+        if self._spare_slot:  # what no layer counts is left alone
+            one = ref.new_ones(1)
+            fp = torch.cat([fp, one])
+            fe = None if fe is None else torch.cat([fe, one])
         if flat is not None:
             o = T["orbit"]
-            new = flat - _expand(1 - fp.index_select(0, o["e_perp"]), self._seg_len) * (flat - proj)
+            new = flat - r * (1 - fp).index_select(0, o["elem_perp"])
             if fe is not None:
-                new -= _expand(1 - fe.index_select(0, o["e_eq"]), self._seg_len) * proj
-            off = 0
-            for i in self._orbit_entries:
-                t = tensors[i]
-                t.copy_(new[off:off + t.numel()].reshape(t.shape))
-                off += t.numel()
+                new -= proj * (1 - fe).index_select(0, o["elem_eq"])
+            dst = [tensors[i] for i in self._orbit_entries]
+            _copy_all(dst, [v.view(t.shape) for v, t in zip(new.split(self._seg_len), dst)])
         for i, Px in projs.items():
             e = self.entries[i]
             t = tensors[i]
@@ -315,6 +508,16 @@ class BatchedFrobenius:
                 upd = upd + (1 - fe[e.layer]) * Px
             t.sub_(upd)
         return perp2, eq2, f_perp, f_eq
+
+
+def _copy_all(dst: List[torch.Tensor], src: List[torch.Tensor]) -> None:
+    """``d.copy_(s)`` for every pair, in one call where torch has ``_foreach_copy_``."""
+    fn = getattr(torch, "_foreach_copy_", None)
+    if fn is not None:
+        fn(dst, src)
+    else:  # pragma: no cover - older torch
+        for d, s_ in zip(dst, src):
+            d.copy_(s_)
 
 
 class _SplitFn(torch.autograd.Function):
