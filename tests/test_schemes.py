@@ -111,6 +111,53 @@ def test_split_layers_are_evaluated_together_inside_cached(dtype):
 
 
 
+def test_constrained_layers_are_evaluated_together_inside_cached(dtype):
+    """constrain_ groups its tensors like split_: inside parametrize.cached() all of them come from
+    one node computing P(V); values and gradients (P g) equal the layer-by-layer path, and a layer
+    that leaves the group (unconstrain_) makes the rest fall back."""
+    from equiproj.projection import _batched
+
+    torch.manual_seed(4)
+    S = so3()
+    net = nn.Sequential(RepLinear(2 * R, 3 * R), nn.ReLU(), RepLinear(3 * R, 2 * R),
+                        RepLinear(2 * S.trivial() + S.standard(), S.trivial() + S.irrep(2))).to(dtype)
+    constrain_(net)
+    with torch.no_grad():  # free weights away from the equivariant subspace
+        for p in net.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x1, x2 = torch.randn(4, 8, dtype=dtype), torch.randn(4, 5, dtype=dtype)
+
+    def loss_and_grads(cached):
+        net.zero_grad()
+        with parametrize.cached() if cached else torch.enable_grad():
+            loss = net[:3](x1).pow(2).sum() + net[3](x2).pow(3).sum()
+            W = [m.weight.detach().clone() for m in (net[0], net[2], net[3])]
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in net.parameters()], W
+
+    calls = []
+    orig = _batched._ProjectFn.apply
+    _batched._ProjectFn.apply = lambda *a: calls.append(1) or orig(*a)
+    try:
+        l_alone, g_alone, W_alone = loss_and_grads(cached=False)
+        assert not calls
+        l_batch, g_batch, W_batch = loss_and_grads(cached=True)
+        assert len(calls) == 1  # one node for the 6 constrained tensors
+    finally:
+        _batched._ProjectFn.apply = orig
+    assert torch.allclose(l_batch, l_alone, rtol=TOL[dtype], atol=TOL[dtype])
+    for a, b in zip(g_batch, g_alone):
+        assert torch.allclose(a, b, rtol=TOL[dtype], atol=TOL[dtype])
+    for m, W in zip((net[0], net[2], net[3]), W_batch):  # the weights are P(V), exactly equivariant
+        V = m.parametrizations.weight.original
+        assert torch.allclose(W, m.projector.project(V), atol=TOL[dtype])
+        assert torch.allclose(m.projector.project(W), W, atol=TOL[dtype])
+    unconstrain_(net[0])
+    with parametrize.cached():
+        W2 = net[2].weight
+    assert torch.allclose(W2, net[2].projector.project(net[2].parametrizations.weight.original), atol=TOL[dtype])
+
+
 @pytest.mark.parametrize("make", [c4_net, so3_layer], ids=["C4", "SO3"])
 def test_split_parts_gradients_and_start(make, dtype):
     net = make(dtype)

@@ -285,7 +285,7 @@ class SplitParametrization(nn.Module):
 
     def forward(self, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
         if self.group is not None and parametrize._cache_enabled:
-            W = self.group.weight(self, A, B)
+            W = self.group.weight(self)
             if W is not None:
                 return W
         return self.project(A - B) + B
@@ -295,46 +295,72 @@ class SplitParametrization(nn.Module):
         return W.detach().clone(), W.detach().clone()
 
 
-class _SplitGroup:
-    """The split tensors of one :func:`split_` call, evaluated together inside
-    ``torch.nn.utils.parametrize.cached()`` (as :func:`equiproj.train.fit` does every step).
+class _TensorGroup:
+    """Parametrised tensors of one call (:func:`split_` or :func:`constrain_`), evaluated together
+    inside ``torch.nn.utils.parametrize.cached()`` (as :func:`equiproj.train.fit` does every step).
 
-    The first split tensor read in the context computes ``W = P(A - B) + B`` for all members in
-    one autograd node (:class:`equiproj.projection._batched.BatchedSplit`); the context's cache
-    keeps the result until it closes, which is parametrize's own contract (the originals do not
-    change inside it). Outside the context each tensor is computed alone, as before. A member
-    that is no longer registered (``unconstrain_``), or tensors of different dtypes or devices,
-    make every member compute alone.
+    The first member read in the context computes every member's tensor in one autograd node
+    (:class:`equiproj.projection._batched.BatchedSplit`: ``W = P(A - B) + B`` for a split,
+    ``W = P(V)`` for the hard constraint); the context's cache keeps the result until it closes,
+    which is parametrize's own contract (the originals do not change inside it). Outside the
+    context each tensor is computed alone. A member that is no longer registered
+    (``unconstrain_``), or tensors of different dtypes or devices, make every member compute
+    alone.
     """
 
+    #: the names of a member's originals in its ParametrizationList
+    originals: Tuple[str, ...] = ()
+
     def __init__(self, members: List[Tuple[nn.Module, str, nn.Module]]):
-        self.members = members  # (module, tensor name, its SplitParametrization)
+        self.members = members  # (module, tensor name, its parametrisation)
         for i, (_, _, p) in enumerate(members):
             p.group, p.slot = self, i
         self.batched = BatchedSplit([BatchEntry(p.projector, i, bias=p.bias) for i, (_, _, p) in enumerate(members)])
 
-    def _originals(self):
-        As, Bs = [], []
+    def _originals(self) -> Optional[List[List[torch.Tensor]]]:
+        lists: List[List[torch.Tensor]] = [[] for _ in self.originals]
         for m, pname, p in self.members:
             plist = getattr(getattr(m, "parametrizations", None), pname, None) if parametrize.is_parametrized(m) else None
             if plist is None or len(plist) != 1 or plist[0] is not p:
                 return None
-            As.append(plist.original0)
-            Bs.append(plist.original1)
-        if len({(t.dtype, t.device) for t in As + Bs}) != 1 or As[0].is_complex():
+            for out, attr in zip(lists, self.originals):
+                out.append(getattr(plist, attr))
+        flat = [t for ts in lists for t in ts]
+        if len({(t.dtype, t.device) for t in flat}) != 1 or flat[0].is_complex():
             return None
-        return As, Bs
+        return lists
 
-    def weight(self, p: nn.Module, A: torch.Tensor, B: torch.Tensor) -> Optional[torch.Tensor]:
-        cache, key = parametrize._cache, (id(self), "equiproj-split-group")
+    def _compute(self, *lists):
+        raise NotImplementedError
+
+    def weight(self, p: nn.Module) -> Optional[torch.Tensor]:
+        cache, key = parametrize._cache, (id(self), "equiproj-tensor-group")
         out = cache.get(key)
         if out is None:
-            ab = self._originals()
-            if ab is None:
+            lists = self._originals()
+            if lists is None:
                 return None
-            out = self.batched(*ab)
+            out = self._compute(*lists)
             cache[key] = out
         return out[p.slot]
+
+
+class _SplitGroup(_TensorGroup):
+    """The split tensors of one :func:`split_` call: ``W = P(A - B) + B`` for all."""
+
+    originals = ("original0", "original1")
+
+    def _compute(self, As, Bs):
+        return self.batched(As, Bs)
+
+
+class _ConstrainedGroup(_TensorGroup):
+    """The hard-constrained tensors of one :func:`constrain_` call: ``W = P(V)`` for all."""
+
+    originals = ("original",)
+
+    def _compute(self, Vs):
+        return self.batched.project(Vs)
 
 
 def _split_originals(m: nn.Module, name: str) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
@@ -1112,6 +1138,9 @@ class _Equivariant(nn.Module):
         self.projector = projector
         self.bias = bias
         self._eval_cache = None
+        #: the :class:`_ConstrainedGroup` of the tensors constrained together (``None``: alone)
+        self.group: Optional["_ConstrainedGroup"] = None
+        self.slot = 0
 
     def _project(self, X):
         return self.projector.project_bias(X) if self.bias else self.projector.project(X)
@@ -1119,6 +1148,10 @@ class _Equivariant(nn.Module):
     def forward(self, X):
         if self.training or torch.is_grad_enabled() or torch.is_inference(X):
             self._eval_cache = None
+            if self.group is not None and parametrize._cache_enabled:
+                W = self.group.weight(self)
+                if W is not None:
+                    return W
             return self._project(X)
         key = (X.data_ptr(), X._version, X.dtype, X.device, tuple(X.shape))
         cache = self._eval_cache
@@ -1144,17 +1177,28 @@ def constrain_(model: nn.Module) -> nn.Module:
     The stored weight is projected first, so the model's function is ``project_``'s; assigning
     ``layer.weight = W`` stores ``P(W)``. :func:`unconstrain_` turns the model back into plain
     layers (do that before saving it for use without equiproj).
+
+    Cost: one projection per tensor and forward pass; inside ``torch.nn.utils.parametrize.cached()``
+    (as :func:`equiproj.train.fit` runs every step) all tensors of one call are projected in one
+    autograd node, layer by layer outside it.
     """
     layers = declared_layers(model)
     if not layers:
         raise ValueError("constrain_: the model has no declared layers")
     project_(model)
+    members = []
     for _, m, spec in layers:
         wn, bn = spec.weight_name, spec.bias_name
         if not parametrize.is_parametrized(m, wn):
-            parametrize.register_parametrization(m, wn, _Equivariant(spec.projector))
+            eq = _Equivariant(spec.projector)
+            parametrize.register_parametrization(m, wn, eq)
+            members.append((m, wn, eq))
         if isinstance(getattr(m, bn, None), torch.Tensor) and not parametrize.is_parametrized(m, bn):
-            parametrize.register_parametrization(m, bn, _Equivariant(spec.projector, bias=True))
+            eq = _Equivariant(spec.projector, bias=True)
+            parametrize.register_parametrization(m, bn, eq)
+            members.append((m, bn, eq))
+    if len(members) > 1:  # evaluated together inside parametrize.cached()
+        _ConstrainedGroup(members)
     return model
 
 

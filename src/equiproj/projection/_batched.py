@@ -543,6 +543,23 @@ class _SplitFn(torch.autograd.Function):
         return (None, *Pg, *[gi - pgi for gi, pgi in zip(g, Pg)])
 
 
+class _ProjectFn(torch.autograd.Function):
+    """``W_j = P_j V_j`` for every entry ``j`` in one autograd node; the gradients are ``P_j g_j``
+    (``P_j`` is self-adjoint)."""
+
+    @staticmethod
+    def forward(ctx, plan, *tensors):
+        ctx.plan = plan
+        ctx.meta = [(t.shape, t.dtype, t.device) for t in tensors]
+        return tuple(plan._project(list(tensors)))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        g = [torch.zeros(shape, dtype=dt, device=dev) if gr is None else gr
+             for gr, (shape, dt, dev) in zip(grads, ctx.meta)]
+        return (None, *ctx.plan._project(g))
+
+
 class BatchedSplit:
     """The split parametrisation ``W = P(A - B) + B`` of many tensors at once (see
     :class:`equiproj.SplitParametrization`).
@@ -615,6 +632,12 @@ class BatchedSplit:
         if len(As) != len(self.entries) or len(Bs) != len(self.entries):
             raise ValueError(f"expected {len(self.entries)} tensors A and B, got {len(As)} and {len(Bs)}")
         return _SplitFn.apply(self, *As, *Bs)
+
+    def project(self, Vs: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
+        """``P_j V_j`` for every entry (the hard constraint), in one autograd node."""
+        if len(Vs) != len(self.entries):
+            raise ValueError(f"expected {len(self.entries)} tensors, got {len(Vs)}")
+        return _ProjectFn.apply(self, *Vs)
 
 
 def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
