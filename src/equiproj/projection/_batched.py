@@ -119,7 +119,7 @@ class _PenaltyFn(torch.autograd.Function):
             r = flat - proj
             perp2 = _slot_sums(r * r, o, "perp", slots)
             eq2 = _slot_sums(sums * mean, o, "eq", slots) if need_eq else None
-            saved += [r, proj]
+            saved += [r, proj] if need_eq else [r]
         else:
             perp2 = tensors[0].new_zeros(slots)
             eq2 = tensors[0].new_zeros(slots) if need_eq else None
@@ -134,15 +134,18 @@ class _PenaltyFn(torch.autograd.Function):
             perp2.index_add_(0, lp, (R * R).sum((1, 2)))
             if need_eq:
                 eq2.index_add_(0, le, (PX * PX).sum((1, 2)))
-            saved += [R, PX]
+            saved += [R, PX] if need_eq else [R]
         c_perp, value = _coefficients(perp2, lam_perp, squared, L)
         c_eq = None
         if need_eq:
             c_eq, v_eq = _coefficients(eq2, lam_G, squared, L)
             value = value + v_eq
-        ctx.save_for_backward(c_perp, c_eq, *saved, *tensors)
+        ctx.save_for_backward(c_perp, c_eq, *saved)
+        # the inputs are kept only for a second derivative; they are held by the caller anyway
+        # (weights), so they are referenced here rather than saved, which would count and check them
+        ctx.inputs = tensors
         ctx.args = (B, T, lam_perp, lam_G, squared, need_eq, n_orbit)
-        ctx.T, ctx.need_eq, ctx.n_saved, ctx.seg_len = T, need_eq, len(saved), B._seg_len
+        ctx.T, ctx.need_eq, ctx.seg_len = T, need_eq, B._seg_len
         ctx.shapes = [t.shape for t in tensors[:n_orbit]]
         return value
 
@@ -150,7 +153,7 @@ class _PenaltyFn(torch.autograd.Function):
     def backward(ctx, g):
         c_perp, c_eq, *saved = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: differentiate the unfused expression instead
-            inputs = saved[ctx.n_saved:]
+            inputs = ctx.inputs
             with torch.enable_grad():
                 v = _penalty_graph(*ctx.args, inputs)
             grads = torch.autograd.grad(v, inputs, g, create_graph=True, allow_unused=True)
@@ -160,20 +163,21 @@ class _PenaltyFn(torch.autograd.Function):
             c_eq = c_eq * g
         grads = []
         k = 0
+        step = 2 if ctx.need_eq else 1  # saved per group: the residual (and the projection)
         if ctx.shapes:  # one product for all orbit-plan tensors, returned as views of it
             o = ctx.T["orbit"]
-            r, proj = saved[0], saved[1]
-            k = 2
+            r = saved[0]
+            k = step
             gf = r * c_perp.index_select(0, o["elem_perp"])
             if ctx.need_eq:
-                gf = gf + proj * c_eq.index_select(0, o["elem_eq"])
+                gf = gf + saved[1] * c_eq.index_select(0, o["elem_eq"])
             grads += [v.view(shape) for v, shape in zip(gf.split(ctx.seg_len), ctx.shapes)]
         for lp, le in ctx.T["pairs"]:
-            R, PX = saved[k], saved[k + 1]
-            k += 2
+            R = saved[k]
             gX = R * c_perp.index_select(0, lp)[:, None, None]
             if ctx.need_eq:
-                gX = gX + PX * c_eq.index_select(0, le)[:, None, None]
+                gX = gX + saved[k + 1] * c_eq.index_select(0, le)[:, None, None]
+            k += step
             grads.append(gX)
         return (None, None, None, None, None, None, None, *grads)
 
